@@ -1,0 +1,99 @@
+//! Status helpers: the observed-generation pattern and errors recorded in status.
+
+use std::borrow::Cow;
+
+use crate::error::Error;
+
+/// A status that records which `metadata.generation` it describes.
+///
+/// `#[derive(ObserveGeneration)]` implements it for a field named `observed_generation` (or the one
+/// marked `#[observe_generation]`), of type `Option<i64>` or `i64`.
+///
+/// ```
+/// use kuberator::ObserveGeneration;
+///
+/// #[derive(Default)]
+/// struct Status { observed_generation: Option<i64> }
+///
+/// impl ObserveGeneration for Status {
+///     fn set_observed_generation(&mut self, generation: i64) {
+///         self.observed_generation = Some(generation);
+///     }
+///     fn observed_generation(&self) -> Option<i64> {
+///         self.observed_generation
+///     }
+/// }
+///
+/// let mut status = Status::default();
+/// status.set_observed_generation(3);
+/// assert_eq!(status.observed_generation(), Some(3));
+/// ```
+pub trait ObserveGeneration {
+    /// Records the generation this status describes.
+    fn set_observed_generation(&mut self, generation: i64);
+    /// The generation this status describes, if any.
+    fn observed_generation(&self) -> Option<i64>;
+}
+
+/// Turns a user error into the status-error type `S` written to the object's status.
+///
+/// `#[derive(AsStatusError)]` implements it from each variant's reason and `Display` message.
+pub trait AsStatusError<S> {
+    /// The status representation of this error.
+    fn as_status_error(&self) -> S;
+}
+
+/// A status with a slot for errors of type `S`, produced from user errors `E`.
+///
+/// `#[derive(ObserveGeneration)]` implements it for the field marked `#[status_error]`.
+pub trait WithStatusError<E: AsStatusError<S>, S> {
+    /// Sets (`Some`) or clears (`None`) the status error.
+    fn set_status_error(&mut self, error: Option<S>);
+}
+
+/// Builds a status-error value from a reason and a message; the target of
+/// `#[derive(AsStatusError)]` and of errors the runtime records itself (API errors, panics).
+pub trait FromStatusError {
+    /// Builds the value.
+    fn from_status_error(reason: &str, message: String) -> Self;
+}
+
+impl FromStatusError for String {
+    fn from_status_error(_reason: &str, message: String) -> Self {
+        message
+    }
+}
+
+/// A ready-made status error: a machine-readable reason and a human message.
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+pub struct StatusError {
+    /// A CamelCase reason, e.g. `EmptyImage`.
+    pub reason: String,
+    /// The error's message.
+    pub message: String,
+}
+
+impl FromStatusError for StatusError {
+    fn from_status_error(reason: &str, message: String) -> Self {
+        Self {
+            reason: reason.to_owned(),
+            message,
+        }
+    }
+}
+
+/// A status into which the runtime can record any reconcile error (or clear it on success).
+///
+/// `#[derive(ObserveGeneration)]` always implements it: with a `#[status_error]` field of a type
+/// implementing [`FromStatusError`] it fills that field, without one it does nothing.
+pub trait RecordError {
+    /// Records `error` (or clears the recorded one with `None`). Returns whether anything changed.
+    fn record_error(&mut self, error: Option<&Error>) -> bool;
+}
+
+/// The reason and message the runtime records for an error.
+pub fn error_parts(error: &Error) -> (Cow<'static, str>, String) {
+    (error.reason(), error.to_string())
+}
