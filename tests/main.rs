@@ -1,0 +1,1 @@
+//! Integration tests: every module here runs against a real etcd + kube-apiserver (`TestEnv`).
