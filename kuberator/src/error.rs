@@ -110,7 +110,7 @@ pub enum Error {
         object: ObjectKey,
         /// The client error.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// A call to the API server failed outside of any one object.
     #[error("{action}: {source}")]
@@ -119,7 +119,7 @@ pub enum Error {
         action: Cow<'static, str>,
         /// The client error.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// `CachingStrategy::Strict` was asked for a namespace it did not pre-cache.
     #[error("namespace `{namespace}` is not cached (cached: {})", cached.join(", "))]
@@ -165,6 +165,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// An API error outside of any one object.
+    pub fn client(action: impl Into<Cow<'static, str>>, source: kube::Error) -> Self {
+        Error::Client {
+            action: action.into(),
+            source: Box::new(source),
+        }
+    }
+
     /// Wraps a classified user error so that its type and retry class survive.
     pub fn handler<E: ClassifyError>(error: E) -> Self {
         Error::Handler(HandlerError::new(error))
@@ -192,7 +200,7 @@ impl Error {
     pub fn reason(&self) -> Cow<'static, str> {
         match self {
             Error::Handler(h) => h.reason.clone(),
-            Error::Kube { source, .. } | Error::Client { source, .. } => match source {
+            Error::Kube { source, .. } | Error::Client { source, .. } => match source.as_ref() {
                 kube::Error::Api(status) if !status.reason.is_empty() => {
                     Cow::Owned(status.reason.clone())
                 }
@@ -209,7 +217,7 @@ impl Error {
     /// The HTTP status code, when the API server answered with an error.
     pub fn status_code(&self) -> Option<u16> {
         match self {
-            Error::Kube { source, .. } | Error::Client { source, .. } => match source {
+            Error::Kube { source, .. } | Error::Client { source, .. } => match source.as_ref() {
                 kube::Error::Api(status) => Some(status.code),
                 _ => None,
             },
@@ -217,11 +225,12 @@ impl Error {
         }
     }
 
-    pub(crate) fn kube(action: &'static str, object: ObjectKey, source: kube::Error) -> Self {
+    /// An API error about `object`.
+    pub fn kube(action: &'static str, object: ObjectKey, source: kube::Error) -> Self {
         Error::Kube {
             action,
             object,
-            source,
+            source: Box::new(source),
         }
     }
 }

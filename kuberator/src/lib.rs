@@ -5,27 +5,35 @@
 
 extern crate self as kuberator;
 
+pub mod cache;
+pub mod context;
 pub mod error;
 pub mod events;
+pub mod finalize;
+pub mod handler;
+pub mod reconcile;
+pub mod repository;
+pub mod runtime;
 pub mod status;
 
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
+pub use cache::{CachedApiProvider, CachingStrategy, ProvideApi, StaticApiProvider};
+pub use context::Context;
 pub use error::{ClassifyError, Error, HandlerError, ObjectKey, Result, RetryPolicy};
+pub use finalize::Finalize;
+pub use handler::{Ctx, CtxBuilder, Handler};
+pub use kube::runtime::controller::Action;
+pub use reconcile::Reconcile;
+pub use repository::K8sRepository;
+pub use runtime::{Backoff, Operator, Reconciler, shutdown_signal};
 pub use status::{
     AsStatusError, FromStatusError, ObserveGeneration, RecordError, StatusError, WithStatusError,
 };
 
 /// Paths the macros use; not part of the public API.
 #[doc(hidden)]
-pub mod __private {
-    pub use async_trait;
-    pub use k8s_openapi;
-    pub use kube;
-    pub use serde;
-    pub use serde_json;
-    pub use tokio;
-    pub use tracing;
-}
+#[path = "private.rs"]
+pub mod __private;

@@ -1,0 +1,306 @@
+//! `Finalize`: the finalizer flow and status writes, on top of an API provider.
+
+use std::{fmt::Debug, future::Future, sync::Arc};
+
+use async_trait::async_trait;
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    core::object::HasStatus,
+    runtime::controller::Action,
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::json;
+
+use crate::{
+    cache::ProvideApi,
+    context::Context,
+    error::{Error, ObjectKey, Result},
+    status::{AsStatusError, ObserveGeneration, RecordError, WithStatusError},
+};
+
+/// What a resource type needs to be reconciled by kuberator.
+pub trait Object:
+    Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+}
+
+impl<R> Object for R where
+    R: Resource<DynamicType = ()>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// How many times a write that hit a 409 conflict is retried at once before the error goes to the
+/// controller's backoff.
+const CONFLICT_RETRIES: usize = 3;
+
+/// Adds/removes the finalizer around the user's handlers and writes status.
+///
+/// Implemented by [`K8sRepository`](crate::K8sRepository); implement it on your own type to keep
+/// extra state next to the API provider.
+#[async_trait]
+pub trait Finalize<R: Object, P: ProvideApi<R>>: Send + Sync + 'static {
+    /// The provider of API handles.
+    fn api_provider(&self) -> &P;
+
+    /// The field manager used for writes (server-side apply and patches).
+    fn field_manager(&self) -> &str {
+        "kuberator"
+    }
+
+    /// Runs `context`'s `handle_apply` or `handle_cleanup` with the finalizer added or removed
+    /// around it.
+    ///
+    /// # Errors
+    /// The handler's error, or an API error while patching the finalizer.
+    ///
+    /// # Access control
+    /// `patch` on the resource.
+    async fn finalize<C, F>(&self, object: Arc<R>, finalizer: &str, context: &C) -> Result<Action>
+    where
+        C: Context<R, F, P> + ?Sized,
+        F: Finalize<R, P>,
+        Self: Sized,
+    {
+        let api = self.api_provider().get(object.namespace().as_deref())?;
+        with_finalizer(
+            &api,
+            finalizer,
+            object,
+            |o| context.handle_apply(o),
+            |o| context.handle_cleanup(o),
+        )
+        .await
+    }
+
+    /// Writes `status` to the status subresource, with `observedGeneration` set to the object's
+    /// `metadata.generation`.
+    ///
+    /// A JSON merge patch on `/status`: fields of `status` replace the server's, fields the status
+    /// type does not have (written by others) are kept, `None` fields are removed. A 409 conflict
+    /// is retried.
+    ///
+    /// # Errors
+    /// An API error.
+    ///
+    /// # Access control
+    /// `patch` on the resource's `status` subresource.
+    async fn update_status<S>(&self, object: &R, mut status: S) -> Result<()>
+    where
+        R: HasStatus<Status = S>,
+        S: ObserveGeneration + Serialize + Send + Sync + 'static,
+    {
+        if let Some(generation) = object.meta().generation {
+            status.set_observed_generation(generation);
+        }
+        let api = self.api_provider().get(object.namespace().as_deref())?;
+        patch_status(&api, object, &status, self.field_manager()).await
+    }
+
+    /// Like [`update_status`](Finalize::update_status), and sets (or clears with `None`) the
+    /// status error from the user's error.
+    ///
+    /// # Errors
+    /// An API error.
+    ///
+    /// # Access control
+    /// `patch` on the resource's `status` subresource.
+    async fn update_status_with_error<S, E, X>(
+        &self,
+        object: &R,
+        mut status: S,
+        error: Option<&E>,
+    ) -> Result<()>
+    where
+        R: HasStatus<Status = S>,
+        S: ObserveGeneration + WithStatusError<E, X> + Serialize + Send + Sync + 'static,
+        E: AsStatusError<X> + Sync,
+        X: Send,
+    {
+        status.set_status_error(error.map(|e| e.as_status_error()));
+        self.update_status(object, status).await
+    }
+
+    /// Records `error` (or clears the recorded one) in the object's current status, using
+    /// [`RecordError`]. Used by the controller after a failed reconcile.
+    ///
+    /// # Errors
+    /// An API error.
+    ///
+    /// # Access control
+    /// `patch` on the resource's `status` subresource.
+    async fn record_error(&self, object: &R, error: Option<&Error>) -> Result<()>
+    where
+        R: HasStatus,
+        R::Status: ObserveGeneration + RecordError + Default + Clone + Serialize + Send + Sync,
+    {
+        let mut status = object.status().cloned().unwrap_or_default();
+        if !status.record_error(error) && error.is_none() {
+            return Ok(());
+        }
+        if let Some(generation) = object.meta().generation {
+            status.set_observed_generation(generation);
+        }
+        let api = self.api_provider().get(object.namespace().as_deref())?;
+        patch_status(&api, object, &status, self.field_manager()).await
+    }
+}
+
+/// Merge-patches `status` onto `object`'s status subresource, retrying 409 conflicts.
+pub(crate) async fn patch_status<R: Object, S: Serialize>(
+    api: &Api<R>,
+    object: &R,
+    status: &S,
+    field_manager: &str,
+) -> Result<()> {
+    let name = object.meta().name.as_deref().ok_or_else(|| Error::MissingField {
+        object: ObjectKey::of(object),
+        field: "metadata.name",
+    })?;
+    let patch = Patch::Merge(json!({ "status": status }));
+    let params = PatchParams::apply(field_manager);
+    let params = PatchParams {
+        force: false,
+        ..params
+    };
+    let mut attempt = 0;
+    loop {
+        match api.patch_status(name, &params, &patch).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < CONFLICT_RETRIES => {
+                attempt += 1;
+            }
+            Err(source) => {
+                return Err(Error::kube("patching status of", ObjectKey::of(object), source));
+            }
+        }
+    }
+}
+
+/// The finalizer flow: on deletion run `cleanup` and remove the finalizer; otherwise make sure the
+/// finalizer is present (in the same reconcile) and run `apply` on the updated object.
+///
+/// The finalizer is added with a merge patch guarded by `resourceVersion`, so a concurrent writer
+/// causes a 409 that is retried on a fresh read instead of clobbering its finalizers.
+pub async fn with_finalizer<R, A, C, FA, FC>(
+    api: &Api<R>,
+    finalizer: &str,
+    object: Arc<R>,
+    apply: A,
+    cleanup: C,
+) -> Result<Action>
+where
+    R: Object,
+    A: FnOnce(Arc<R>) -> FA,
+    C: FnOnce(Arc<R>) -> FC,
+    FA: Future<Output = Result<Action>>,
+    FC: Future<Output = Result<Action>>,
+{
+    let key = || ObjectKey::of(object.as_ref());
+    let name = object.meta().name.clone().ok_or_else(|| Error::MissingField {
+        object: key(),
+        field: "metadata.name",
+    })?;
+    let has_finalizer = object.finalizers().iter().any(|f| f == finalizer);
+    if object.meta().deletion_timestamp.is_some() {
+        if !has_finalizer {
+            return Ok(Action::await_change());
+        }
+        let action = cleanup(object.clone()).await?;
+        remove_finalizer(api, &name, object.as_ref(), finalizer).await?;
+        return Ok(action);
+    }
+    if has_finalizer {
+        return apply(object).await;
+    }
+    let updated = add_finalizer(api, &name, object.as_ref(), finalizer).await?;
+    apply(Arc::new(updated)).await
+}
+
+async fn add_finalizer<R: Object>(
+    api: &Api<R>,
+    name: &str,
+    object: &R,
+    finalizer: &str,
+) -> Result<R> {
+    let mut current = object.clone();
+    let mut attempt = 0;
+    loop {
+        let mut finalizers = current.finalizers().to_vec();
+        if finalizers.iter().any(|f| f == finalizer) {
+            return Ok(current);
+        }
+        finalizers.push(finalizer.to_owned());
+        let patch = Patch::Merge(json!({
+            "metadata": {
+                "finalizers": finalizers,
+                "resourceVersion": current.resource_version(),
+            }
+        }));
+        match api.patch(name, &PatchParams::default(), &patch).await {
+            Ok(updated) => return Ok(updated),
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < CONFLICT_RETRIES => {
+                attempt += 1;
+                current = api
+                    .get(name)
+                    .await
+                    .map_err(|e| Error::kube("re-reading", ObjectKey::of(object), e))?;
+            }
+            Err(e) => return Err(Error::kube("adding finalizer to", ObjectKey::of(object), e)),
+        }
+    }
+}
+
+async fn remove_finalizer<R: Object>(
+    api: &Api<R>,
+    name: &str,
+    object: &R,
+    finalizer: &str,
+) -> Result<()> {
+    let mut current = object.clone();
+    let mut attempt = 0;
+    loop {
+        let finalizers: Vec<&String> = current
+            .finalizers()
+            .iter()
+            .filter(|f| *f != finalizer)
+            .collect();
+        if finalizers.len() == current.finalizers().len() {
+            return Ok(());
+        }
+        let patch = Patch::Merge(json!({
+            "metadata": {
+                "finalizers": finalizers,
+                "resourceVersion": current.resource_version(),
+            }
+        }));
+        match api.patch(name, &PatchParams::default(), &patch).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < CONFLICT_RETRIES => {
+                attempt += 1;
+                match api.get(name).await {
+                    Ok(fresh) => current = fresh,
+                    Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+                    Err(e) => {
+                        return Err(Error::kube("re-reading", ObjectKey::of(object), e));
+                    }
+                }
+            }
+            Err(e) => {
+                return Err(Error::kube(
+                    "removing finalizer from",
+                    ObjectKey::of(object),
+                    e,
+                ));
+            }
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! `Handler` and `Ctx`: the compact form of an operator that `#[kuberator::operator]` generates.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    core::object::HasStatus,
+    runtime::controller::Action,
+};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::{
+    cache::{ApiScope, CachingStrategy, ProvideApi, StaticApiProvider},
+    error::{Error, ObjectKey, Result},
+    events::{EmitEvent, EventData, EventRecorder},
+    finalize::{Finalize, Object, with_finalizer},
+    repository::K8sRepository,
+    runtime::{Backoff, Operator, Reconciler},
+    status::ObserveGeneration,
+};
+
+/// An operator's handlers: `apply` for live objects, `cleanup` for deleted ones (with a
+/// finalizer). The runtime adds the finalizer flow, status errors, backoff and the loop.
+#[async_trait]
+pub trait Handler<R: Object>: Send + Sync + 'static {
+    /// The context built at start-up (client, repository, events, finalizer).
+    fn ctx(&self) -> &Ctx<R>;
+
+    /// Brings the world in line with `object`.
+    ///
+    /// # Errors
+    /// Any error; it is logged, recorded in status and retried according to its class.
+    async fn apply(&self, object: Arc<R>) -> Result<Action>;
+
+    /// Cleans up after `object`; only called when a finalizer is configured.
+    ///
+    /// # Errors
+    /// Any error; the finalizer stays and the cleanup is retried.
+    async fn cleanup(&self, object: Arc<R>) -> Result<Action> {
+        let _ = object;
+        Ok(Action::await_change())
+    }
+
+    /// Called after a failed reconcile; the macro records the error in status here.
+    async fn on_error(&self, object: Arc<R>, error: &Error) {
+        let _ = (object, error);
+    }
+
+    /// When to retry after `error`; the default honours the error's class.
+    fn error_policy(&self, object: &R, error: &Error, failures: u32, backoff: &Backoff) -> Action {
+        let _ = object;
+        crate::runtime::default_error_policy(error, failures, backoff)
+    }
+}
+
+/// Everything a handler needs at run time: the client, the repository (finalizer and status
+/// writes through cached API handles), the event recorder and the operator's names.
+pub struct Ctx<R: Object> {
+    client: Client,
+    name: String,
+    repository: K8sRepository<R, StaticApiProvider<R>>,
+    events: Option<EventRecorder>,
+    finalizer: Option<&'static str>,
+    namespaces: Vec<String>,
+}
+
+impl<R: Object> Ctx<R>
+where
+    R::Scope: ApiScope,
+{
+    /// Starts building a context.
+    pub fn builder(client: Client) -> CtxBuilder<R> {
+        CtxBuilder {
+            client,
+            name: None,
+            namespaces: Vec::new(),
+            caching: None,
+            events: None,
+            finalizer: None,
+            _resource: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<R: Object> Ctx<R> {
+    /// The client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The operator's name: its field manager and the controller name in logs.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The repository: finalizers and status through cached API handles.
+    pub fn repository(&self) -> &K8sRepository<R, StaticApiProvider<R>> {
+        &self.repository
+    }
+
+    /// The event recorder, when the operator was configured with one.
+    pub fn events(&self) -> Option<&EventRecorder> {
+        self.events.as_ref()
+    }
+
+    /// The finalizer, when the operator has one.
+    pub fn finalizer(&self) -> Option<&'static str> {
+        self.finalizer
+    }
+
+    /// The watched namespaces (empty: all, or the cluster scope).
+    pub fn namespaces(&self) -> &[String] {
+        &self.namespaces
+    }
+
+    /// The cached API handle for `object`'s namespace.
+    ///
+    /// # Errors
+    /// [`Error::NamespaceNotCached`] under `CachingStrategy::Strict`.
+    pub fn api_for(&self, object: &R) -> Result<Api<R>> {
+        Ok(self
+            .repository
+            .api_provider()
+            .get(object.meta().namespace.as_deref())?
+            .into_owned())
+    }
+
+    /// Writes `status` (with `observedGeneration` set), see [`Finalize::update_status`].
+    ///
+    /// # Errors
+    /// An API error.
+    ///
+    /// # Access control
+    /// `patch` on the resource's `status` subresource.
+    pub async fn update_status<S>(&self, object: &R, status: S) -> Result<()>
+    where
+        R: HasStatus<Status = S>,
+        S: ObserveGeneration + Serialize + Send + Sync + 'static,
+    {
+        self.repository.update_status(object, status).await
+    }
+
+    /// Emits an event about `object`; a no-op without an event recorder. Never fails.
+    ///
+    /// # Access control
+    /// `create` and `patch` on `events.k8s.io` `events`.
+    pub async fn emit(&self, object: &R, data: EventData) {
+        if let Some(events) = &self.events {
+            events.emit(object, data).await;
+        }
+    }
+
+    /// Server-side applies `child` as owned by `owner` (a controller owner reference, so the
+    /// child is garbage-collected with the owner and its changes re-trigger the owner when
+    /// watched with `owns`). A namespaced child without a namespace goes to the owner's.
+    ///
+    /// # Errors
+    /// [`Error::MissingField`] without a name; an API error.
+    ///
+    /// # Access control
+    /// `patch` (and `create`) on the child's resource.
+    pub async fn apply_child<C>(&self, owner: &R, mut child: C) -> Result<C>
+    where
+        C: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+        C::Scope: ApiScope,
+    {
+        if let Some(reference) = owner.controller_owner_ref(&()) {
+            let refs = child.meta_mut().owner_references.get_or_insert_with(Vec::new);
+            refs.retain(|r| r.uid != reference.uid);
+            refs.push(reference);
+        }
+        if <C::Scope as ApiScope>::NAMESPACED && child.meta().namespace.is_none() {
+            child.meta_mut().namespace = owner.meta().namespace.clone();
+        }
+        let name = child.meta().name.clone().ok_or_else(|| Error::MissingField {
+            object: ObjectKey::of(&child),
+            field: "metadata.name",
+        })?;
+        child.meta_mut().managed_fields = None;
+        child.meta_mut().resource_version = None;
+        let api: Api<C> =
+            <C::Scope as ApiScope>::api(self.client.clone(), child.meta().namespace.as_deref());
+        let mut value = serde_json::to_value(&child).map_err(|source| Error::Serde {
+            action: "serializing",
+            object: ObjectKey::of(&child),
+            source,
+        })?;
+        if let Some(obj) = value.as_object_mut() {
+            obj.insert("apiVersion".into(), C::api_version(&()).into());
+            obj.insert("kind".into(), C::kind(&()).into());
+        }
+        api.patch(&name, &PatchParams::apply(&self.name).force(), &Patch::Apply(value))
+            .await
+            .map_err(|e| Error::kube("applying child", ObjectKey::of(&child), e))
+    }
+}
+
+/// Builds a [`Ctx`]; see [`Ctx::builder`].
+pub struct CtxBuilder<R: Object> {
+    client: Client,
+    name: Option<String>,
+    namespaces: Vec<String>,
+    caching: Option<CachingStrategy>,
+    events: Option<String>,
+    finalizer: Option<&'static str>,
+    _resource: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<R: Object> CtxBuilder<R>
+where
+    R::Scope: ApiScope,
+{
+    /// The operator's name (field manager, controller name). Default: `<plural>.<group>-operator`.
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The namespaces to watch and pre-cache (empty: all namespaces / cluster scope).
+    #[must_use]
+    pub fn namespaces<I: IntoIterator<Item = S>, S: Into<String>>(mut self, namespaces: I) -> Self {
+        self.namespaces = namespaces.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The caching strategy for API handles. Default: `Strict` with namespaces, `Extendable`
+    /// without.
+    #[must_use]
+    pub fn caching(mut self, strategy: CachingStrategy) -> Self {
+        self.caching = Some(strategy);
+        self
+    }
+
+    /// Gives handlers an [`EventRecorder`] reporting as `component`.
+    #[must_use]
+    pub fn events(mut self, component: impl Into<String>) -> Self {
+        self.events = Some(component.into());
+        self
+    }
+
+    /// The finalizer to add (`None`: none).
+    #[must_use]
+    pub fn finalizer(mut self, finalizer: Option<&'static str>) -> Self {
+        self.finalizer = finalizer;
+        self
+    }
+
+    /// Builds the context, pre-caching the API handles.
+    ///
+    /// # Errors
+    /// None today; the `Result` leaves room for start-up checks.
+    pub fn build(self) -> Result<Ctx<R>> {
+        let name = self.name.unwrap_or_else(|| {
+            let group = R::group(&());
+            if group.is_empty() {
+                format!("{}-operator", R::plural(&()))
+            } else {
+                format!("{}.{}-operator", R::plural(&()), group)
+            }
+        });
+        let caching = self.caching.unwrap_or(if self.namespaces.is_empty() {
+            CachingStrategy::Extendable
+        } else {
+            CachingStrategy::Strict
+        });
+        let namespaces = if <R::Scope as ApiScope>::NAMESPACED {
+            self.namespaces
+        } else {
+            Vec::new()
+        };
+        let provider = StaticApiProvider::new(self.client.clone(), namespaces.clone(), caching);
+        Ok(Ctx {
+            repository: K8sRepository::new(self.client.clone(), provider, name.clone()),
+            events: self
+                .events
+                .map(|component| EventRecorder::new(self.client.clone(), component)),
+            client: self.client,
+            name,
+            finalizer: self.finalizer,
+            namespaces,
+        })
+    }
+}
+
+struct HandlerReconciler<H>(H);
+
+#[async_trait]
+impl<R: Object, H: Handler<R>> Reconciler<R> for HandlerReconciler<H> {
+    async fn reconcile(&self, object: Arc<R>) -> Result<Action> {
+        let handler = &self.0;
+        let ctx = handler.ctx();
+        match ctx.finalizer {
+            Some(finalizer) => {
+                let api = ctx
+                    .repository
+                    .api_provider()
+                    .get(object.namespace().as_deref())?;
+                with_finalizer(
+                    &api,
+                    finalizer,
+                    object,
+                    |o| handler.apply(o),
+                    |o| handler.cleanup(o),
+                )
+                .await
+            }
+            None if object.meta().deletion_timestamp.is_some() => Ok(Action::await_change()),
+            None => handler.apply(object).await,
+        }
+    }
+
+    async fn on_error(&self, object: Arc<R>, error: &Error) {
+        self.0.on_error(object, error).await;
+    }
+
+    fn error_policy(&self, object: &R, error: &Error, failures: u32, backoff: &Backoff) -> Action {
+        self.0.error_policy(object, error, failures, backoff)
+    }
+}
+
+impl<R: Object> Operator<R>
+where
+    R::Scope: ApiScope,
+{
+    /// An operator running `handler` with its context's namespaces and name.
+    pub fn new<H: Handler<R>>(handler: H) -> Self {
+        let ctx = handler.ctx();
+        let (client, namespaces, name) = (
+            ctx.client.clone(),
+            ctx.namespaces.clone(),
+            ctx.name.clone(),
+        );
+        Operator::with_reconciler(client, HandlerReconciler(handler))
+            .namespaces(namespaces)
+            .name(name)
+    }
+}

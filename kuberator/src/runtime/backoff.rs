@@ -1,0 +1,121 @@
+//! Per-object exponential backoff with jitter, reset on success.
+
+use std::{collections::HashMap, hash::Hash, sync::Mutex, time::Duration};
+
+use rand::Rng;
+
+/// Exponential backoff settings: `base * 2^failures`, capped at `max`, plus up to `jitter` of
+/// random extra delay (a fraction, e.g. `0.2` = up to 20 % more).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Backoff {
+    /// The delay after the first failure.
+    pub base: Duration,
+    /// The longest delay.
+    pub max: Duration,
+    /// The random extra delay, as a fraction of the delay.
+    pub jitter: f64,
+}
+
+impl Default for Backoff {
+    /// 1 s, doubling up to 5 minutes, with up to 20 % jitter.
+    fn default() -> Self {
+        Self {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+            jitter: 0.2,
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before retry number `failures` (1 = after the first failure), without jitter.
+    pub fn delay(&self, failures: u32) -> Duration {
+        let exponent = failures.saturating_sub(1).min(31);
+        self.base
+            .checked_mul(1u32 << exponent)
+            .map_or(self.max, |d| d.min(self.max))
+    }
+
+    /// [`delay`](Backoff::delay) with jitter applied.
+    pub fn jittered(&self, failures: u32) -> Duration {
+        let delay = self.delay(failures);
+        if self.jitter <= 0.0 {
+            return delay;
+        }
+        let extra = rand::rng().random_range(0.0..self.jitter);
+        delay.mul_f64(1.0 + extra)
+    }
+}
+
+/// Failure counts per object key.
+#[derive(Debug)]
+pub(crate) struct FailureCounts<K> {
+    counts: Mutex<HashMap<K, u32>>,
+}
+
+impl<K: Eq + Hash> FailureCounts<K> {
+    pub(crate) fn new() -> Self {
+        Self {
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts one more failure and returns the new count.
+    pub(crate) fn fail(&self, key: K) -> u32 {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(key).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    /// Forgets the failures of `key` (after a success).
+    pub(crate) fn reset(&self, key: &K) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if !counts.is_empty() {
+            counts.remove(key);
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn get(&self, key: &K) -> u32 {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.get(key).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_double_and_cap() {
+        let b = Backoff {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(10),
+            jitter: 0.0,
+        };
+        let delays: Vec<u64> = (1..=6).map(|n| b.delay(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 10, 10]);
+        assert_eq!(b.delay(u32::MAX), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn jitter_stays_within_its_fraction() {
+        let b = Backoff::default();
+        for n in 1..=10 {
+            let d = b.jittered(n);
+            assert!(d >= b.delay(n) && d <= b.delay(n).mul_f64(1.2), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn failures_count_per_key_and_reset() {
+        let f = FailureCounts::new();
+        assert_eq!(f.fail("a"), 1);
+        assert_eq!(f.fail("a"), 2);
+        assert_eq!(f.fail("b"), 1);
+        f.reset(&"a");
+        assert_eq!(f.get(&"a"), 0);
+        assert_eq!(f.fail("a"), 1);
+    }
+}

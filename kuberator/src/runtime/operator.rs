@@ -1,0 +1,367 @@
+//! `Operator`: the controller loop — watch, reconcile with bounded concurrency, per-object
+//! backoff, panic guard, graceful shutdown.
+
+use std::{
+    fmt::Debug,
+    future::Future,
+    panic::AssertUnwindSafe,
+    pin::Pin,
+    sync::Arc,
+};
+
+use async_trait::async_trait;
+use futures::{FutureExt, StreamExt, future::Shared, stream::SelectAll};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    core::PartialObjectMeta,
+    runtime::{
+        Controller, Predicate, WatchStreamExt, controller::Action, predicates,
+        reflector::{self, ObjectRef},
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
+
+use super::{
+    backoff::{Backoff, FailureCounts},
+    shutdown::shutdown_signal,
+    watch::typed_watch,
+};
+use crate::{
+    cache::ApiScope,
+    error::{Error, ObjectKey, Result, RetryPolicy},
+    finalize::Object,
+};
+
+/// What the controller loop drives: one reconcile, what to do after an error, and the retry.
+///
+/// [`Operator::new`] adapts a [`Handler`](crate::Handler) (what the macro generates) and
+/// [`Reconcile`](crate::Reconcile) adapts a [`Context`](crate::Context); implement it directly
+/// for full control.
+#[async_trait]
+pub trait Reconciler<R: Object>: Send + Sync + 'static {
+    /// One reconcile of `object`.
+    ///
+    /// # Errors
+    /// Any error; it is passed to [`on_error`](Reconciler::on_error) and
+    /// [`error_policy`](Reconciler::error_policy).
+    async fn reconcile(&self, object: Arc<R>) -> Result<Action>;
+
+    /// Called after a failed reconcile (e.g. to record the error in status).
+    async fn on_error(&self, object: Arc<R>, error: &Error) {
+        let _ = (object, error);
+    }
+
+    /// When to retry after `error`; `failures` counts this object's consecutive failures.
+    /// The default honours the error's [`RetryPolicy`].
+    fn error_policy(&self, object: &R, error: &Error, failures: u32, backoff: &Backoff) -> Action {
+        let _ = object;
+        default_error_policy(error, failures, backoff)
+    }
+}
+
+/// The default retry: backoff with jitter, never for terminal errors, fixed for `After`.
+pub fn default_error_policy(error: &Error, failures: u32, backoff: &Backoff) -> Action {
+    match error.retry_policy() {
+        RetryPolicy::Backoff => Action::requeue(backoff.jittered(failures)),
+        RetryPolicy::Terminal => Action::await_change(),
+        RetryPolicy::After(delay) => Action::requeue(delay),
+    }
+}
+
+type BoxedShutdown = Shared<Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>>>;
+type OwnsFn<R> = Box<dyn Fn(Controller<R>, &Client, Option<&str>) -> Controller<R> + Send + Sync>;
+
+/// The controller loop for `R`, configured with a builder.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use kuberator::{Action, Operator, Reconciler, Result};
+/// # use k8s_openapi::api::core::v1::ConfigMap;
+/// struct Noop;
+/// #[async_trait::async_trait]
+/// impl Reconciler<ConfigMap> for Noop {
+///     async fn reconcile(&self, _cm: Arc<ConfigMap>) -> Result<Action> {
+///         Ok(Action::await_change())
+///     }
+/// }
+/// # async fn doc(client: kube::Client) -> kuberator::Result<()> {
+/// Operator::with_reconciler(client, Noop)
+///     .namespaces(["default"])
+///     .concurrency(4)
+///     .shutdown_on_signal()
+///     .run()
+///     .await
+/// # }
+/// ```
+pub struct Operator<R: Object> {
+    reconciler: Arc<dyn Reconciler<R>>,
+    client: Client,
+    name: String,
+    namespaces: Vec<String>,
+    watcher_config: watcher::Config,
+    concurrency: u16,
+    generation_filter: bool,
+    backoff: Backoff,
+    owns: Vec<OwnsFn<R>>,
+    shutdown: Option<BoxedShutdown>,
+}
+
+impl<R: Object> Operator<R>
+where
+    R::Scope: ApiScope,
+{
+    /// An operator driving `reconciler` over all namespaces (or the cluster scope), one reconcile
+    /// at a time, with generation filtering on and no shutdown trigger.
+    pub fn with_reconciler(client: Client, reconciler: impl Reconciler<R>) -> Self {
+        Self {
+            reconciler: Arc::new(reconciler),
+            client,
+            name: R::plural(&()).into_owned(),
+            namespaces: Vec::new(),
+            watcher_config: watcher::Config::default(),
+            concurrency: 1,
+            generation_filter: true,
+            backoff: Backoff::default(),
+            owns: Vec::new(),
+            shutdown: None,
+        }
+    }
+}
+
+impl<R: Object> Operator<R> {
+    /// Watches only these namespaces (ignored for cluster-scoped resources).
+    #[must_use]
+    pub fn namespaces<I: IntoIterator<Item = S>, S: Into<String>>(mut self, namespaces: I) -> Self {
+        self.namespaces = namespaces.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The controller's name, used in logs.
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The watch configuration (label and field selectors, page size …).
+    #[must_use]
+    pub fn watcher_config(mut self, config: watcher::Config) -> Self {
+        self.watcher_config = config;
+        self
+    }
+
+    /// Watches only objects matching this label selector.
+    #[must_use]
+    pub fn label_selector(mut self, selector: &str) -> Self {
+        self.watcher_config = self.watcher_config.labels(selector);
+        self
+    }
+
+    /// At most `limit` reconciles at once (1 = sequential, the default; 0 is treated as 1).
+    /// One object is never reconciled twice at the same time.
+    #[must_use]
+    pub fn concurrency(mut self, limit: u16) -> Self {
+        self.concurrency = limit.max(1);
+        self
+    }
+
+    /// Whether to skip watch events that do not change `metadata.generation` (status writes,
+    /// finalizer and label changes). On by default: the operator's own status writes then cause
+    /// no extra reconcile. Deletion still triggers (it bumps the generation).
+    #[must_use]
+    pub fn generation_filter(mut self, enabled: bool) -> Self {
+        self.generation_filter = enabled;
+        self
+    }
+
+    /// The retry backoff after errors.
+    #[must_use]
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Reconciles the owner when an owned `Child` (one with an owner reference to an `R`)
+    /// changes or is deleted. Children are watched metadata-only.
+    #[must_use]
+    pub fn owns<Child>(mut self) -> Self
+    where
+        Child: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        Child::Scope: ApiScope,
+    {
+        let config = watcher::Config::default();
+        self.owns.push(Box::new(move |controller, client, namespace| {
+            let api: Api<PartialObjectMeta<Child>> =
+                <Child::Scope as ApiScope>::api(client.clone(), namespace);
+            let children = watcher(api, config.clone())
+                .default_backoff()
+                .touched_objects();
+            controller.owns_stream(children)
+        }));
+        self
+    }
+
+    /// Stops gracefully when `signal` resolves: no new reconcile starts, in-flight ones finish,
+    /// then [`run`](Operator::run) returns.
+    #[must_use]
+    pub fn shutdown_on(mut self, signal: impl Future<Output = ()> + Send + Sync + 'static) -> Self {
+        let boxed: Pin<Box<dyn Future<Output = ()> + Send + Sync>> = Box::pin(signal);
+        self.shutdown = Some(boxed.shared());
+        self
+    }
+
+    /// Stops gracefully on SIGTERM or SIGINT.
+    #[must_use]
+    pub fn shutdown_on_signal(self) -> Self {
+        self.shutdown_on(shutdown_signal())
+    }
+
+    /// Runs until the shutdown signal (or forever without one).
+    ///
+    /// Errors of single objects never stop the loop: they are logged with the object's name and
+    /// retried with backoff. A panicking handler is caught and treated as an error.
+    ///
+    /// # Errors
+    /// None today; the `Result` leaves room for start-up checks.
+    ///
+    /// # Access control
+    /// `list` and `watch` on the resource (and `list`, `watch` on owned kinds).
+    pub async fn run(self) -> Result<()> {
+        let shared = Arc::new(LoopState {
+            reconciler: self.reconciler,
+            failures: FailureCounts::new(),
+            backoff: self.backoff,
+            permits: Arc::new(Semaphore::new(usize::from(self.concurrency))),
+            kind: R::kind(&()).into_owned(),
+        });
+        let scopes: Vec<Option<String>> = if self.namespaces.is_empty() {
+            vec![None]
+        } else {
+            self.namespaces.iter().cloned().map(Some).collect()
+        };
+        let mut loops = SelectAll::new();
+        for scope in &scopes {
+            let (reader, writer) = reflector::store::<R>();
+            let watch = typed_watch::<R>(
+                self.client.clone(),
+                scope.as_deref(),
+                self.watcher_config.clone(),
+            )
+            .reflect(writer)
+            .applied_objects();
+            let trigger: Pin<Box<dyn futures::Stream<Item = _> + Send>> = if self.generation_filter
+            {
+                Box::pin(watch.predicate_filter(generation_or_deletion, Default::default()))
+            } else {
+                Box::pin(watch)
+            };
+            let mut controller = Controller::for_stream(trigger, reader).with_config(
+                kube::runtime::controller::Config::default().concurrency(self.concurrency),
+            );
+            for owns in &self.owns {
+                controller = owns(controller, &self.client, scope.as_deref());
+            }
+            if let Some(shutdown) = &self.shutdown {
+                controller = controller.graceful_shutdown_on(shutdown.clone());
+            }
+            loops.push(
+                controller
+                    .run(reconcile::<R>, error_policy::<R>, shared.clone())
+                    .boxed(),
+            );
+        }
+        let name = self.name;
+        tracing::info!(controller = %name, scopes = ?scopes, concurrency = self.concurrency, "controller started");
+        while let Some(result) = loops.next().await {
+            match result {
+                Ok((object, action)) => {
+                    tracing::debug!(controller = %name, object = %object, ?action, "reconciled");
+                }
+                Err(kube::runtime::controller::Error::ReconcilerFailed(error, object)) => {
+                    tracing::warn!(controller = %name, object = %object, error = %error, "reconcile failed");
+                }
+                Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
+                    tracing::debug!(controller = %name, object = %object, "object gone before its reconcile");
+                }
+                Err(error) => {
+                    tracing::warn!(controller = %name, error = %error, "controller error");
+                }
+            }
+        }
+        tracing::info!(controller = %name, "controller stopped");
+        Ok(())
+    }
+}
+
+/// Generation for change detection, plus the deletion mark: status writes are filtered out,
+/// spec changes and deletions are not.
+fn generation_or_deletion<R: Resource>(object: &R) -> Option<u64> {
+    let deleting = object.meta().deletion_timestamp.is_some();
+    predicates::generation
+        .fallback(predicates::resource_version)
+        .hash_property(object)
+        .map(|h| h ^ u64::from(deleting))
+}
+
+
+struct LoopState<R: Object> {
+    reconciler: Arc<dyn Reconciler<R>>,
+    failures: FailureCounts<ObjectRef<R>>,
+    backoff: Backoff,
+    permits: Arc<Semaphore>,
+    kind: String,
+}
+
+async fn reconcile<R: Object>(object: Arc<R>, shared: Arc<LoopState<R>>) -> Result<Action> {
+    // The controller bounds concurrency per scope; the semaphore bounds it across scopes.
+    let _permit = shared.permits.clone().acquire_owned().await;
+    let key = ObjectRef::from_obj(object.as_ref());
+    let span = tracing::info_span!("reconcile", kind = %shared.kind, object = %display_ref(object.as_ref()));
+    let result = AssertUnwindSafe(shared.reconciler.reconcile(object.clone()))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".to_owned());
+            Err(Error::Panic {
+                object: ObjectKey::of(object.as_ref()),
+                message,
+            })
+        });
+    match &result {
+        Ok(_) => shared.failures.reset(&key),
+        Err(error) => {
+            let _entered = span.enter();
+            tracing::warn!(error = %error, reason = %error.reason(), "reconcile failed");
+            drop(_entered);
+            let on_error = AssertUnwindSafe(shared.reconciler.on_error(object.clone(), error))
+                .catch_unwind()
+                .await;
+            if on_error.is_err() {
+                tracing::error!(object = %display_ref(object.as_ref()), "error handler panicked");
+            }
+        }
+    }
+    result
+}
+
+fn error_policy<R: Object>(object: Arc<R>, error: &Error, shared: Arc<LoopState<R>>) -> Action {
+    let failures = shared.failures.fail(ObjectRef::from_obj(object.as_ref()));
+    let action = shared
+        .reconciler
+        .error_policy(object.as_ref(), error, failures, &shared.backoff);
+    tracing::debug!(object = %display_ref(object.as_ref()), failures, ?action, "retry scheduled");
+    action
+}
+
+fn display_ref<R: Resource>(object: &R) -> String {
+    match object.meta().namespace.as_deref() {
+        Some(ns) => format!("{ns}/{}", object.name_any()),
+        None => object.name_any(),
+    }
+}
