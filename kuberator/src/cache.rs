@@ -168,7 +168,11 @@ where
 
     /// A provider for a cluster-scoped resource, or for all namespaces.
     pub fn cluster(client: Client) -> Self {
-        Self::new(client, std::iter::empty::<String>(), CachingStrategy::Strict)
+        Self::new(
+            client,
+            std::iter::empty::<String>(),
+            CachingStrategy::Strict,
+        )
     }
 }
 
@@ -287,7 +291,8 @@ fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 }
 
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -333,7 +338,10 @@ mod tests {
     #[tokio::test]
     async fn extendable_caches_misses() {
         let p = StaticApiProvider::<ConfigMap>::new(client(), ["a"], CachingStrategy::Extendable);
-        assert_eq!(path(&p.get(Some("z")).unwrap()), "/api/v1/namespaces/z/configmaps");
+        assert_eq!(
+            path(&p.get(Some("z")).unwrap()),
+            "/api/v1/namespaces/z/configmaps"
+        );
         assert_eq!(read(&p.extended).len(), 1);
         p.get(Some("z")).unwrap();
         assert_eq!(read(&p.extended).len(), 1);
@@ -343,7 +351,10 @@ mod tests {
     async fn many_namespaces_use_the_index() {
         let names: Vec<String> = (0..20).map(|i| format!("ns{i}")).collect();
         let p = StaticApiProvider::<ConfigMap>::new(client(), names, CachingStrategy::Strict);
-        assert_eq!(path(&p.get(Some("ns17")).unwrap()), "/api/v1/namespaces/ns17/configmaps");
+        assert_eq!(
+            path(&p.get(Some("ns17")).unwrap()),
+            "/api/v1/namespaces/ns17/configmaps"
+        );
         assert!(p.get(Some("ns20")).is_err());
     }
 
@@ -361,7 +372,10 @@ mod tests {
     async fn cached_provider_discovers_namespaces() {
         let p = CachedApiProvider::<ConfigMap>::new(client());
         assert!(p.is_empty());
-        assert_eq!(path(&p.get(Some("x")).unwrap()), "/api/v1/namespaces/x/configmaps");
+        assert_eq!(
+            path(&p.get(Some("x")).unwrap()),
+            "/api/v1/namespaces/x/configmaps"
+        );
         p.get(Some("x")).unwrap();
         assert_eq!(p.len(), 1);
         assert_eq!(path(&p.get(None).unwrap()), "/api/v1/configmaps");

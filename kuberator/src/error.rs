@@ -255,7 +255,10 @@ mod tests {
     #[test]
     fn handler_errors_keep_their_type_and_class() {
         let err = Error::handler(EmptyImage("x".into()));
-        assert_eq!(err.downcast_ref::<EmptyImage>().map(|e| e.0.as_str()), Some("x"));
+        assert_eq!(
+            err.downcast_ref::<EmptyImage>().map(|e| e.0.as_str()),
+            Some("x")
+        );
         assert_eq!(err.retry_policy(), RetryPolicy::Terminal);
         assert_eq!(err.reason(), "EmptyImage");
         assert_eq!(err.to_string(), "image `x` is empty");

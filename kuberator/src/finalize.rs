@@ -160,10 +160,14 @@ pub(crate) async fn patch_status<R: Object, S: Serialize>(
     status: &S,
     field_manager: &str,
 ) -> Result<()> {
-    let name = object.meta().name.as_deref().ok_or_else(|| Error::MissingField {
-        object: ObjectKey::of(object),
-        field: "metadata.name",
-    })?;
+    let name = object
+        .meta()
+        .name
+        .as_deref()
+        .ok_or_else(|| Error::MissingField {
+            object: ObjectKey::of(object),
+            field: "metadata.name",
+        })?;
     let patch = Patch::Merge(json!({ "status": status }));
     let params = PatchParams::apply(field_manager);
     let params = PatchParams {
@@ -178,7 +182,11 @@ pub(crate) async fn patch_status<R: Object, S: Serialize>(
                 attempt += 1;
             }
             Err(source) => {
-                return Err(Error::kube("patching status of", ObjectKey::of(object), source));
+                return Err(Error::kube(
+                    "patching status of",
+                    ObjectKey::of(object),
+                    source,
+                ));
             }
         }
     }
@@ -204,10 +212,14 @@ where
     FC: Future<Output = Result<Action>>,
 {
     let key = || ObjectKey::of(object.as_ref());
-    let name = object.meta().name.clone().ok_or_else(|| Error::MissingField {
-        object: key(),
-        field: "metadata.name",
-    })?;
+    let name = object
+        .meta()
+        .name
+        .clone()
+        .ok_or_else(|| Error::MissingField {
+            object: key(),
+            field: "metadata.name",
+        })?;
     let has_finalizer = object.finalizers().iter().any(|f| f == finalizer);
     if object.meta().deletion_timestamp.is_some() {
         if !has_finalizer {

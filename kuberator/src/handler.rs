@@ -167,17 +167,24 @@ impl<R: Object> Ctx<R> {
         C::Scope: ApiScope,
     {
         if let Some(reference) = owner.controller_owner_ref(&()) {
-            let refs = child.meta_mut().owner_references.get_or_insert_with(Vec::new);
+            let refs = child
+                .meta_mut()
+                .owner_references
+                .get_or_insert_with(Vec::new);
             refs.retain(|r| r.uid != reference.uid);
             refs.push(reference);
         }
         if <C::Scope as ApiScope>::NAMESPACED && child.meta().namespace.is_none() {
             child.meta_mut().namespace = owner.meta().namespace.clone();
         }
-        let name = child.meta().name.clone().ok_or_else(|| Error::MissingField {
-            object: ObjectKey::of(&child),
-            field: "metadata.name",
-        })?;
+        let name = child
+            .meta()
+            .name
+            .clone()
+            .ok_or_else(|| Error::MissingField {
+                object: ObjectKey::of(&child),
+                field: "metadata.name",
+            })?;
         child.meta_mut().managed_fields = None;
         child.meta_mut().resource_version = None;
         let api: Api<C> =
@@ -191,9 +198,13 @@ impl<R: Object> Ctx<R> {
             obj.insert("apiVersion".into(), C::api_version(&()).into());
             obj.insert("kind".into(), C::kind(&()).into());
         }
-        api.patch(&name, &PatchParams::apply(&self.name).force(), &Patch::Apply(value))
-            .await
-            .map_err(|e| Error::kube("applying child", ObjectKey::of(&child), e))
+        api.patch(
+            &name,
+            &PatchParams::apply(&self.name).force(),
+            &Patch::Apply(value),
+        )
+        .await
+        .map_err(|e| Error::kube("applying child", ObjectKey::of(&child), e))
     }
 }
 
@@ -328,11 +339,8 @@ where
     /// An operator running `handler` with its context's namespaces and name.
     pub fn new<H: Handler<R>>(handler: H) -> Self {
         let ctx = handler.ctx();
-        let (client, namespaces, name) = (
-            ctx.client.clone(),
-            ctx.namespaces.clone(),
-            ctx.name.clone(),
-        );
+        let (client, namespaces, name) =
+            (ctx.client.clone(), ctx.namespaces.clone(), ctx.name.clone());
         Operator::with_reconciler(client, HandlerReconciler(handler))
             .namespaces(namespaces)
             .name(name)

@@ -26,6 +26,7 @@ pub use error::{ClassifyError, Error, HandlerError, ObjectKey, Result, RetryPoli
 pub use finalize::Finalize;
 pub use handler::{Ctx, CtxBuilder, Handler};
 pub use kube::runtime::controller::Action;
+pub use kuberator_derive::{AsStatusError, ObserveGeneration, operator};
 pub use reconcile::Reconcile;
 pub use repository::K8sRepository;
 pub use runtime::{Backoff, Operator, Reconciler, shutdown_signal};

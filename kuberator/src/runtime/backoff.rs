@@ -119,3 +119,66 @@ mod tests {
         assert_eq!(f.fail("a"), 1);
     }
 }
+
+#[cfg(test)]
+mod policy_tests {
+    use std::{borrow::Cow, time::Duration};
+
+    use kube::runtime::controller::Action;
+
+    use super::Backoff;
+    use crate::{
+        error::{ClassifyError, Error, RetryPolicy},
+        runtime::default_error_policy,
+    };
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("boom")]
+    struct Boom(RetryPolicy);
+
+    impl ClassifyError for Boom {
+        fn retry_policy(&self) -> RetryPolicy {
+            self.0
+        }
+        fn reason(&self) -> Cow<'static, str> {
+            Cow::Borrowed("Boom")
+        }
+    }
+
+    /// Drives failures on paused time: each retry fires after the delay the policy chose, and
+    /// the delays grow until the cap.
+    #[tokio::test(start_paused = true)]
+    async fn retries_come_with_growing_delays_on_paused_time() {
+        let backoff = Backoff {
+            base: Duration::from_millis(500),
+            max: Duration::from_secs(4),
+            jitter: 0.0,
+        };
+        let error = Error::handler(Boom(RetryPolicy::Backoff));
+        let start = tokio::time::Instant::now();
+        let mut fired_at = Vec::new();
+        for failures in 1..=5 {
+            let action = default_error_policy(&error, failures, &backoff);
+            let delay = backoff.delay(failures);
+            assert_eq!(action, Action::requeue(delay));
+            tokio::time::sleep(delay).await;
+            fired_at.push(start.elapsed().as_millis());
+        }
+        assert_eq!(fired_at, [500, 1500, 3500, 7500, 11500]);
+    }
+
+    #[test]
+    fn terminal_errors_wait_for_a_change_and_fixed_delays_are_kept() {
+        let backoff = Backoff::default();
+        let terminal = Error::handler(Boom(RetryPolicy::Terminal));
+        assert_eq!(
+            default_error_policy(&terminal, 3, &backoff),
+            Action::await_change()
+        );
+        let fixed = Error::handler(Boom(RetryPolicy::After(Duration::from_secs(30))));
+        assert_eq!(
+            default_error_policy(&fixed, 7, &backoff),
+            Action::requeue(Duration::from_secs(30))
+        );
+    }
+}

@@ -1,13 +1,7 @@
 //! `Operator`: the controller loop — watch, reconcile with bounded concurrency, per-object
 //! backoff, panic guard, graceful shutdown.
 
-use std::{
-    fmt::Debug,
-    future::Future,
-    panic::AssertUnwindSafe,
-    pin::Pin,
-    sync::Arc,
-};
+use std::{fmt::Debug, future::Future, panic::AssertUnwindSafe, pin::Pin, sync::Arc};
 
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt, future::Shared, stream::SelectAll};
@@ -15,7 +9,9 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     core::PartialObjectMeta,
     runtime::{
-        Controller, Predicate, WatchStreamExt, controller::Action, predicates,
+        Controller, Predicate, WatchStreamExt,
+        controller::Action,
+        predicates,
         reflector::{self, ObjectRef},
         watcher,
     },
@@ -188,18 +184,20 @@ impl<R: Object> Operator<R> {
     #[must_use]
     pub fn owns<Child>(mut self) -> Self
     where
-        Child: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        Child:
+            Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
         Child::Scope: ApiScope,
     {
         let config = watcher::Config::default();
-        self.owns.push(Box::new(move |controller, client, namespace| {
-            let api: Api<PartialObjectMeta<Child>> =
-                <Child::Scope as ApiScope>::api(client.clone(), namespace);
-            let children = watcher(api, config.clone())
-                .default_backoff()
-                .touched_objects();
-            controller.owns_stream(children)
-        }));
+        self.owns
+            .push(Box::new(move |controller, client, namespace| {
+                let api: Api<PartialObjectMeta<Child>> =
+                    <Child::Scope as ApiScope>::api(client.clone(), namespace);
+                let children = watcher(api, config.clone())
+                    .default_backoff()
+                    .touched_objects();
+                controller.owns_stream(children)
+            }));
         self
     }
 
@@ -304,7 +302,6 @@ fn generation_or_deletion<R: Resource>(object: &R) -> Option<u64> {
         .hash_property(object)
         .map(|h| h ^ u64::from(deleting))
 }
-
 
 struct LoopState<R: Object> {
     reconciler: Arc<dyn Reconciler<R>>,
