@@ -4,3 +4,4 @@
 mod control_plane;
 mod runtime;
 mod support;
+mod events;
