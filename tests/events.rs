@@ -62,7 +62,10 @@ async fn repeats_become_one_event_with_a_series_count() {
     env.install_crd::<Widget>().await.unwrap();
     let api = api::<Widget>(env.client());
     let widget = api
-        .create(&PostParams::default(), &Widget::build("evented", 1, Mode::Ok))
+        .create(
+            &PostParams::default(),
+            &Widget::build("evented", 1, Mode::Ok),
+        )
         .await
         .unwrap();
     let recorder = EventRecorder::new(env.client(), "test.kuberator.dev/operator");
@@ -83,7 +86,12 @@ async fn repeats_become_one_event_with_a_series_count() {
     assert_eq!(events.len(), 2, "{events:#?}");
     let configured = events.iter().find(|e| e["reason"] == "Configured").unwrap();
     assert_eq!(series_count(configured), 5, "{configured:#}");
-    assert_eq!(configured["note"].as_str().or(configured["message"].as_str()), Some("all good"));
+    assert_eq!(
+        configured["note"]
+            .as_str()
+            .or(configured["message"].as_str()),
+        Some("all good")
+    );
     let degraded = events.iter().find(|e| e["reason"] == "Degraded").unwrap();
     assert_eq!(degraded["type"], "Warning");
     assert_eq!(series_count(degraded), 1);
@@ -95,7 +103,10 @@ async fn a_storm_is_coalesced_and_counted_exactly() {
     env.install_crd::<Widget>().await.unwrap();
     let api = api::<Widget>(env.client());
     let widget = api
-        .create(&PostParams::default(), &Widget::build("stormy", 1, Mode::Ok))
+        .create(
+            &PostParams::default(),
+            &Widget::build("stormy", 1, Mode::Ok),
+        )
         .await
         .unwrap();
     let recorder = EventRecorder::new(env.client(), "test.kuberator.dev/operator");
@@ -140,7 +151,10 @@ async fn a_deleted_event_is_created_anew() {
     env.install_crd::<Widget>().await.unwrap();
     let api = api::<Widget>(env.client());
     let widget = api
-        .create(&PostParams::default(), &Widget::build("phoenix", 1, Mode::Ok))
+        .create(
+            &PostParams::default(),
+            &Widget::build("phoenix", 1, Mode::Ok),
+        )
         .await
         .unwrap();
     let recorder = EventRecorder::new(env.client(), "test.kuberator.dev/operator")

@@ -5,3 +5,4 @@ mod control_plane;
 mod runtime;
 mod support;
 mod events;
+mod caching;
