@@ -330,6 +330,14 @@ impl<R: Object, H: Handler<R>> Reconciler<R> for HandlerReconciler<H> {
     fn error_policy(&self, object: &R, error: &Error, failures: u32, backoff: &Backoff) -> Action {
         self.0.error_policy(object, error, failures, backoff)
     }
+
+    async fn shutdown(&self) {
+        if let Some(events) = &self.0.ctx().events
+            && let Err(error) = events.flush().await
+        {
+            tracing::warn!(%error, "cannot write pending event counts on shutdown");
+        }
+    }
 }
 
 impl<R: Object> Operator<R>

@@ -49,6 +49,9 @@ pub trait Reconciler<R: Object>: Send + Sync + 'static {
         let _ = (object, error);
     }
 
+    /// Called once after the loop stopped (e.g. to flush pending event counts).
+    async fn shutdown(&self) {}
+
     /// When to retry after `error`; `failures` counts this object's consecutive failures.
     /// The default honours the error's [`RetryPolicy`].
     fn error_policy(&self, object: &R, error: &Error, failures: u32, backoff: &Backoff) -> Action {
@@ -288,6 +291,7 @@ impl<R: Object> Operator<R> {
                 }
             }
         }
+        shared.reconciler.shutdown().await;
         tracing::info!(controller = %name, "controller stopped");
         Ok(())
     }
