@@ -131,6 +131,11 @@ where
     }
 
     fn error_policy(&self, object: &R, error: &Error, failures: u32, _backoff: &Backoff) -> Action {
-        Rc::error_policy(Arc::new(object.clone()), error, self.context.clone(), failures)
+        Rc::error_policy(
+            Arc::new(object.clone()),
+            error,
+            self.context.clone(),
+            failures,
+        )
     }
 }
