@@ -6,6 +6,7 @@
 extern crate self as kuberator;
 
 pub mod cache;
+pub mod conditions;
 pub mod context;
 pub mod error;
 pub mod events;
