@@ -202,7 +202,13 @@ pub fn mark_reconciling(
 ) -> bool {
     let mut changed = set_condition(
         conditions,
-        condition(RECONCILING, ConditionStatus::True, reason, message, generation),
+        condition(
+            RECONCILING,
+            ConditionStatus::True,
+            reason,
+            message,
+            generation,
+        ),
     );
     changed |= set_condition(
         conditions,
@@ -342,7 +348,12 @@ mod tests {
     #[test]
     fn kstatus_lifecycle_reconciling_stalled_ready() {
         let mut list = Vec::new();
-        assert!(mark_reconciling(&mut list, Some(1), "Progressing", "working"));
+        assert!(mark_reconciling(
+            &mut list,
+            Some(1),
+            "Progressing",
+            "working"
+        ));
         assert!(is_true(&list, RECONCILING));
         assert_eq!(
             find(&list, READY).map(|c| c.status.as_str()),
@@ -357,7 +368,12 @@ mod tests {
             "working"
         ));
 
-        assert!(mark_stalled(&mut list, Some(1), "EmptyImage", "image is empty"));
+        assert!(mark_stalled(
+            &mut list,
+            Some(1),
+            "EmptyImage",
+            "image is empty"
+        ));
         assert!(is_true(&list, STALLED));
         assert!(find(&list, RECONCILING).is_none());
         let ready = find(&list, READY).unwrap();
@@ -397,7 +413,10 @@ mod tests {
     fn schema_is_a_list_map_keyed_by_type() {
         let schema = schema(&mut schemars::SchemaGenerator::default());
         let value = serde_json::to_value(&schema).unwrap();
-        assert_eq!(value["x-kubernetes-list-map-keys"], serde_json::json!(["type"]));
+        assert_eq!(
+            value["x-kubernetes-list-map-keys"],
+            serde_json::json!(["type"])
+        );
         assert_eq!(
             value["items"]["properties"]["status"]["enum"],
             serde_json::json!(["True", "False", "Unknown"])

@@ -1,10 +1,12 @@
 //! Controller wiring: the loop, backoff, shutdown.
 
 mod backoff;
+pub mod metrics;
 mod operator;
 mod shutdown;
 mod watch;
 
 pub use backoff::Backoff;
+pub use metrics::{ControllerMetrics, Metrics};
 pub use operator::{Operator, Reconciler, default_error_policy};
 pub use shutdown::shutdown_signal;
