@@ -128,8 +128,12 @@ pub trait Finalize<R: Object, P: ProvideApi<R>>: Send + Sync + 'static {
         self.update_status(object, status).await
     }
 
-    /// Records `error` (or clears the recorded one) in the object's current status, using
-    /// [`RecordError`]. Used by the controller after a failed reconcile.
+    /// Records `error` (or clears the recorded one) in the object's status, using
+    /// [`RecordError`], and sets `observedGeneration`. Used by the controller after a failed
+    /// reconcile.
+    ///
+    /// Only the status fields this changes are patched, so a status the handler wrote during the
+    /// failed reconcile (a phase, conditions) is kept.
     ///
     /// # Errors
     /// An API error.
@@ -141,16 +145,49 @@ pub trait Finalize<R: Object, P: ProvideApi<R>>: Send + Sync + 'static {
         R: HasStatus,
         R::Status: ObserveGeneration + RecordError + Default + Clone + Serialize + Send + Sync,
     {
-        let mut status = object.status().cloned().unwrap_or_default();
-        if !status.record_error(error) && error.is_none() {
+        let serde_error = |source| Error::Serde {
+            action: "serializing the status of",
+            object: ObjectKey::of(object),
+            source,
+        };
+        let before = object.status().cloned().unwrap_or_default();
+        let mut after = before.clone();
+        after.record_error(error);
+        if let Some(generation) = object.meta().generation {
+            after.set_observed_generation(generation);
+        }
+        let before = serde_json::to_value(&before).map_err(serde_error)?;
+        let after = serde_json::to_value(&after).map_err(serde_error)?;
+        let changes = changed_fields(&before, &after);
+        if changes.is_empty() {
             return Ok(());
         }
-        if let Some(generation) = object.meta().generation {
-            status.set_observed_generation(generation);
-        }
         let api = self.api_provider().get(object.namespace().as_deref())?;
-        patch_status(&api, object, &status, self.field_manager()).await
+        patch_status(&api, object, &changes, self.field_manager()).await
     }
+}
+
+/// The top-level fields of `after` that differ from `before`, with `null` for removed ones: a
+/// merge patch that touches nothing else.
+fn changed_fields(
+    before: &serde_json::Value,
+    after: &serde_json::Value,
+) -> serde_json::Map<String, serde_json::Value> {
+    let empty = serde_json::Map::new();
+    let before = before.as_object().unwrap_or(&empty);
+    let after = after.as_object().unwrap_or(&empty);
+    let mut changes = serde_json::Map::new();
+    for (key, value) in after {
+        if before.get(key) != Some(value) {
+            changes.insert(key.clone(), value.clone());
+        }
+    }
+    for key in before.keys() {
+        if !after.contains_key(key) {
+            changes.insert(key.clone(), serde_json::Value::Null);
+        }
+    }
+    changes
 }
 
 /// Merge-patches `status` onto `object`'s status subresource, retrying 409 conflicts.
@@ -314,5 +351,26 @@ async fn remove_finalizer<R: Object>(
                 ));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::changed_fields;
+
+    #[test]
+    fn only_changed_status_fields_are_patched() {
+        let before = json!({ "phase": "Failed", "observedGeneration": 1, "error": null });
+        let after =
+            json!({ "phase": "Failed", "observedGeneration": 2, "error": { "reason": "X" } });
+        let changes = changed_fields(&before, &after);
+        assert_eq!(
+            serde_json::Value::Object(changes),
+            json!({ "observedGeneration": 2, "error": { "reason": "X" } })
+        );
+        let removed = changed_fields(&json!({ "error": {"reason": "X"} }), &json!({}));
+        assert_eq!(serde_json::Value::Object(removed), json!({ "error": null }));
     }
 }

@@ -22,7 +22,10 @@ use crate::{
 };
 
 /// An operator's handlers: `apply` for live objects, `cleanup` for deleted ones (with a
-/// finalizer). The runtime adds the finalizer flow, status errors, backoff and the loop.
+/// finalizer). The runtime adds the finalizer flow, status errors, backoff and the loop; with an
+/// event recorder, every failed reconcile also emits a `Warning` event whose reason is the
+/// error's [`reason`](Error::reason) (deduplicated, so a retried error is one Event with a
+/// count).
 #[async_trait]
 pub trait Handler<R: Object>: Send + Sync + 'static {
     /// The context built at start-up (client, repository, events, finalizer).
@@ -324,6 +327,10 @@ impl<R: Object, H: Handler<R>> Reconciler<R> for HandlerReconciler<H> {
     }
 
     async fn on_error(&self, object: Arc<R>, error: &Error) {
+        if let Some(events) = &self.0.ctx().events {
+            let data = EventData::warning(error.reason(), "Reconcile").note(error.to_string());
+            events.emit(object.as_ref(), data).await;
+        }
         self.0.on_error(object, error).await;
     }
 

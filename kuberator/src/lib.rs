@@ -35,6 +35,26 @@ pub use status::{
     AsStatusError, FromStatusError, ObserveGeneration, RecordError, StatusError, WithStatusError,
 };
 
+/// One import for operator authors: `use kuberator::prelude::*;`.
+pub mod prelude {
+    pub use std::sync::Arc;
+
+    pub use kube::{
+        Api, Client, CustomResource, CustomResourceExt, Resource, ResourceExt,
+        api::{ObjectMeta, Patch, PatchParams},
+    };
+    pub use schemars::JsonSchema;
+    pub use serde::{Deserialize, Serialize};
+
+    pub use crate::{
+        Action, AsStatusError, CachingStrategy, ClassifyError, Context, Ctx, Error, Finalize,
+        FromStatusError, Handler, K8sRepository, ObserveGeneration, Operator, ProvideApi,
+        Reconcile, RecordError, Result, RetryPolicy, StaticApiProvider, StatusError,
+        WithStatusError,
+        events::{EmitEvent, EventData, EventRecorder, EventType, Reason},
+    };
+}
+
 /// Paths the macros use; not part of the public API.
 #[doc(hidden)]
 #[path = "private.rs"]
