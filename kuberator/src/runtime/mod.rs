@@ -1,12 +1,14 @@
 //! Controller wiring: the loop, backoff, shutdown.
 
 mod backoff;
+pub mod health;
 pub mod metrics;
 mod operator;
 mod shutdown;
 mod watch;
 
 pub use backoff::Backoff;
+pub use health::{HealthServer, Readiness};
 pub use metrics::{ControllerMetrics, Metrics};
 pub use operator::{Operator, Reconciler, default_error_policy};
 pub use shutdown::shutdown_signal;
