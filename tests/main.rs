@@ -1,8 +1,11 @@
 //! Integration tests: every module here runs against a real etcd + kube-apiserver (`TestEnv`).
 // Fixtures are shared between modules of this one binary; `pub` is how they reach each other.
 #![allow(unreachable_pub, missing_docs)]
+// Test helpers may panic: a failed expectation is the point of a test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod control_plane;
 mod runtime;
 mod support;
 mod events;
 mod caching;
+mod demo;

@@ -93,7 +93,22 @@ impl StaticSites {
     async fn apply(&self, site: Arc<StaticSite>, ctx: &Ctx<StaticSite>) -> Result<Action> {
         tracing::info!(site = %site.name_any(), generation = ?site.metadata.generation, "operator: publishing");
         let name = site.name_any();
-        validate(&site.spec)?;
+        if let Err(error) = validate(&site.spec) {
+            // Say so in status: phase, a Stalled condition and the error. (The runtime records
+            // the error and emits a Warning event by itself too; this adds phase and condition.)
+            let mut status = site.status.clone().unwrap_or_default();
+            status.phase = Some("Failed".into());
+            kuberator::conditions::mark_stalled(
+                &mut status.conditions,
+                site.metadata.generation,
+                &error.reason(),
+                &error.to_string(),
+            );
+            ctx.repository()
+                .update_status_with_error(&site, status, Some(&error))
+                .await?;
+            return Err(error.into());
+        }
         ctx.apply_child(&site, page(&name, &site.spec)).await?;
         ctx.apply_child(&site, service(&name, site.spec.port))
             .await?;
