@@ -1,23 +1,247 @@
-//! Derive and attribute macros for kuberator (docs: TODO).
+//! Derive and attribute macros for [kuberator](https://docs.rs/kuberator). Use them through the
+//! runtime crate's re-exports, `kuberator::{ObserveGeneration, AsStatusError, operator}`: the
+//! generated code names `::kuberator::…` and needs nothing else in scope.
+//!
+//! | macro | on | generates |
+//! |---|---|---|
+//! | [`#[derive(ObserveGeneration)]`](derive@ObserveGeneration) | a status struct | `ObserveGeneration`, `RecordError`, `WithStatusError` |
+//! | [`#[derive(AsStatusError)]`](derive@AsStatusError) | a user error enum | `AsStatusError<T>`, `ClassifyError`, `From<E> for kuberator::Error` |
+//! | [`#[operator(...)]`](macro@operator) | the handler's impl block | a `Handler` impl, `operator()` / `run()`, a repository alias |
+//!
+//! Mistakes are compile errors pointing at the offending key, argument or type, all reported at
+//! once; see each macro for the list.
+//!
+//! # All keys at once
+//!
+//! (Examples here are `text` because a proc-macro crate cannot depend on its runtime crate; the
+//! same examples compile in kuberator's docs and in `trybuild/ui/*/pass/`.)
+//!
+//! ```text
+//! use kuberator::prelude::*;
+//! use k8s_openapi::api::core::v1::{ConfigMap, Service};
+//!
+//! #[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema, ObserveGeneration)]
+//! pub struct WebsiteStatus {
+//!     pub observed_generation: Option<i64>,
+//!     #[status_error]
+//!     pub error: Option<StatusError>,
+//! }
+//!
+//! #[derive(Debug, thiserror::Error, AsStatusError)]
+//! #[status_error(StatusError)]
+//! pub enum WebsiteError {
+//!     #[error("image is empty")]
+//!     #[status_error(terminal)]
+//!     EmptyImage,
+//!     #[error("waiting for {0}")]
+//!     #[status_error(reason = "Waiting", requeue_after = "1m30s")]
+//!     Dependency(String),
+//! }
+//!
+//! #[kuberator::operator(
+//!     resource = Website,                          // required
+//!     finalizer = "websites.example.com/cleanup",  // default: none (then no `cleanup`)
+//!     namespaces("default", "shop"),               // default: all namespaces
+//!     caching = Strict,                            // default: Strict with namespaces, else Extendable
+//!     concurrency = 8,                             // default: 1 (sequential)
+//!     owns(ConfigMap, Service),                    // default: none
+//!     labels = "app=web",                          // default: every object
+//!     events = "website-operator",                 // default: no event recorder
+//! )]
+//! impl Websites {
+//!     async fn apply(&self, site: Arc<Website>, ctx: &Ctx<Website>) -> Result<Action> {
+//!         if site.spec.image.is_empty() {
+//!             Err(WebsiteError::EmptyImage)?;
+//!         }
+//!         Ok(Action::requeue(std::time::Duration::from_secs(300)))
+//!     }
+//!
+//!     async fn cleanup(&self, site: Arc<Website>) -> Result<Action> {
+//!         Ok(Action::await_change())
+//!     }
+//! }
+//!
+//! // in `main`: runs until SIGTERM / SIGINT
+//! Websites::new().run(Client::try_default().await?).await?;
+//! ```
 
 mod duration;
 #[cfg(test)]
 mod golden;
 mod observe_generation;
+mod operator;
 mod paths;
 mod status_error;
 mod util;
 
 use proc_macro::TokenStream;
 
-/// Implements `ObserveGeneration`, `RecordError` and (with `#[status_error]`) `WithStatusError`.
+/// Implements `ObserveGeneration` and `RecordError` for a status struct, and `WithStatusError`
+/// when it has an error slot.
+///
+/// # Fields
+///
+/// - **The observed generation** (required): the field marked `#[observe_generation]`, else the
+///   field named `observed_generation`. Its type is `Option<i64>` or `i64` (what
+///   `metadata.generation` is), written as such; a type alias is not recognised.
+/// - **The error slot** (optional): the field marked `#[status_error]`, of type `Option<T>` with
+///   `T: kuberator::FromStatusError` (e.g. `kuberator::StatusError`, or `String`).
+///
+/// ```text
+/// #[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema, ObserveGeneration)]
+/// pub struct WebsiteStatus {
+///     pub observed_generation: Option<i64>,
+///     #[status_error]
+///     pub error: Option<StatusError>,
+///     pub phase: String,
+/// }
+/// ```
+///
+/// # Generated
+///
+/// - `impl ObserveGeneration`: `set_observed_generation` / `observed_generation` read and write
+///   the field.
+/// - `impl RecordError`, always: with an error slot, `record_error(Some(e))` stores
+///   `T::from_status_error(&e.reason(), e.to_string())` and returns `true`, `record_error(None)`
+///   clears the slot and returns whether it held an error; without a slot it does nothing and
+///   returns `false`. The runtime calls it after every failed reconcile.
+/// - `impl<E: AsStatusError<T>> WithStatusError<E, T>`, with an error slot: `set_status_error`
+///   sets the slot.
+///
+/// # Compile errors
+///
+/// No observed-generation field (at the struct's name), `#[observe_generation]` or
+/// `#[status_error]` on two fields, a generation that is not `Option<i64>` / `i64` or a slot that
+/// is not an `Option<_>` (at the type), a slot type without `FromStatusError` (rustc's error, at
+/// the type), arguments to the markers, and an enum, tuple or unit struct.
 #[proc_macro_derive(ObserveGeneration, attributes(observe_generation, status_error))]
 pub fn derive_observe_generation(input: TokenStream) -> TokenStream {
     observe_generation::expand(input.into()).into()
 }
 
-/// Implements `AsStatusError`, `ClassifyError` and `From<E> for kuberator::Error`.
+/// Implements `AsStatusError<T>`, `ClassifyError` and `From<E> for kuberator::Error` for a user
+/// error enum, so that `?` works in handlers and each variant has a retry class and a reason.
+///
+/// # Attributes
+///
+/// - On the enum, required: `#[status_error(T)]`, the status-error type the variants become,
+///   with `T: kuberator::FromStatusError` (e.g. `StatusError`, or `String` for the message only).
+/// - On a variant, optional: `#[status_error(...)]` with
+///   - `reason = "CustomReason"`: the reason in status, events and metrics. Default: the
+///     variant's name. It must be CamelCase as Kubernetes condition reasons are (a letter, then
+///     letters, digits, `_`, `,` or `:`).
+///   - one retry class: `retry` (the default: exponential backoff with jitter), `terminal` (no
+///     retry until the object changes) or `requeue_after = "30s"` (a fixed delay; units `h`,
+///     `m`, `s`, `ms`, combined like `1m30s`, parsed at compile time, more than zero).
+///
+/// The message is the variant's `Display` (e.g. from `thiserror`), so the enum must implement
+/// `std::error::Error + Send + Sync + 'static`.
+///
+/// ```text
+/// #[derive(Debug, thiserror::Error, AsStatusError)]
+/// #[status_error(StatusError)]
+/// pub enum WebsiteError {
+///     #[error("image is empty")]
+///     #[status_error(terminal)]
+///     EmptyImage,
+///     #[error("the registry is down")]
+///     RegistryDown,                       // retry, reason "RegistryDown"
+///     #[error("waiting for {0}")]
+///     #[status_error(reason = "Waiting", requeue_after = "1m30s")]
+///     Dependency(String),
+/// }
+/// ```
+///
+/// # Generated
+///
+/// - `impl AsStatusError<T>`: `T::from_status_error(reason, self.to_string())`.
+/// - `impl ClassifyError`: `retry_policy()` is `RetryPolicy::{Backoff, Terminal, After(..)}` per
+///   variant, `reason()` the variant's reason.
+/// - `impl From<E> for kuberator::Error`: `Error::handler(e)`, which keeps the value for
+///   `Error::downcast_ref::<E>()`.
+///
+/// # Compile errors
+///
+/// A struct or union, a missing or repeated `#[status_error(T)]` (at the enum's name), a `T`
+/// without `FromStatusError` (rustc's error, at `T`), an unknown option or retry class (with the
+/// valid ones and a "did you mean"), two retry classes on one variant, a malformed or zero
+/// duration and a reason that is not CamelCase (at the literal).
 #[proc_macro_derive(AsStatusError, attributes(status_error))]
 pub fn derive_as_status_error(input: TokenStream) -> TokenStream {
     status_error::expand(input.into()).into()
+}
+
+/// Turns a handler's impl block into a Kubernetes operator.
+///
+/// ```text
+/// pub struct Websites { /* your state: clients, configuration … */ }
+///
+/// #[kuberator::operator(resource = Website, finalizer = "websites.example.com/cleanup")]
+/// impl Websites {
+///     async fn apply(&self, site: Arc<Website>) -> Result<Action> { … }
+///     async fn cleanup(&self, site: Arc<Website>, ctx: &Ctx<Website>) -> Result<Action> { … }
+/// }
+///
+/// Websites { … }.run(client).await?;   // until SIGTERM / SIGINT
+/// ```
+///
+/// # Keys
+///
+/// | key | default | meaning |
+/// |---|---|---|
+/// | `resource = Website` | required | the resource reconciled: `kube::Resource<DynamicType = ()>` + `Clone + Debug + Serialize + DeserializeOwned`, e.g. a `#[derive(CustomResource)]` type or a `k8s_openapi` type |
+/// | `finalizer = "example.com/name"` | none | adds this finalizer and calls `cleanup` before deletion. A qualified name: a DNS subdomain prefix you own, `/`, a name of at most 63 letters, digits, `-`, `_`, `.` |
+/// | `namespaces("a", "b")` | all namespaces | watch (and pre-cache API handles for) only these namespaces; DNS-1123 labels, at least one; only for namespaced resources |
+/// | `caching = Strict \| Adhoc \| Extendable` | `Strict` with `namespaces`, else `Extendable` | how API handles for namespaces outside the pre-cached ones are treated: `Strict` refuses them, `Adhoc` builds one each time, `Extendable` caches them on first use |
+/// | `concurrency = N` | `1` (sequential) | at most N objects reconciled at once, 1 ≤ N ≤ 65535; one object is never reconciled twice at once |
+/// | `owns(ConfigMap, Service)` | none | also reconcile the owner when an owned child of these kinds changes |
+/// | `labels = "app=web"` | every object | a label selector (`a=b`, `a!=b`, `a in (x, y)`, `a notin (x)`, `a`, `!a`, comma-separated), checked at compile time |
+/// | `events = "website-operator"` | no recorder | gives `Ctx` an event recorder reporting as this component (`reportingController`, a qualified name); without it `ctx.emit` does nothing |
+///
+/// # Methods
+///
+/// - `async fn apply(&self, object: Arc<R>) -> Result<Action>`, required: called for every
+///   change (and on requeue) of an object that is not being deleted.
+/// - `async fn cleanup(&self, object: Arc<R>) -> Result<Action>`: required with a `finalizer`,
+///   not allowed without one; called when the object is being deleted, the finalizer is removed
+///   once it succeeds.
+/// - Either may take `ctx: &Ctx<R>` as a second argument: the client, the repository, `emit`,
+///   `update_status`, `apply_child`.
+/// - `R` is the resource (`Arc` and `Ctx` are matched by their last path segment). The error type
+///   may be any `E: Into<kuberator::Error>`, e.g. `Result<Action, WebsiteError>` with
+///   `#[derive(AsStatusError)]`.
+/// - Other methods in the block are left alone: helpers are fine.
+///
+/// # Generated
+///
+/// Next to the impl block, which is kept unchanged, for a handler type `Websites`:
+///
+/// - `pub struct WebsitesOperator`, holding the handler and its `Ctx`, with
+///   `impl kuberator::Handler<Website>` forwarding `apply` / `cleanup` to your methods and
+///   recording errors in the object's status when the status derives `ObserveGeneration` (see
+///   `RecordError`);
+/// - `impl Websites { pub fn operator(self, client) -> kuberator::Result<Operator<Website>>; pub
+///   async fn run(self, client) -> kuberator::Result<()> }`: `operator` builds the context and the
+///   configured runner without starting it, `run` runs it until SIGTERM / SIGINT, letting
+///   in-flight reconciles finish;
+/// - `pub type WebsitesRepository = K8sRepository<Website, StaticApiProvider<Website>>`;
+/// - compile-time assertions that `Website` is a resource kuberator can reconcile and, with
+///   `namespaces(...)`, that it is namespaced.
+///
+/// Each of these is also public API of the runtime crate (`Handler`, `Ctx`, `Operator`), so a
+/// piece can be written by hand instead.
+///
+/// # Compile errors
+///
+/// Each at the offending token, all at once: a missing `resource`; an unknown key (with the valid
+/// keys and a "did you mean"), a repeated key or a key in the wrong form; a finalizer that is not
+/// a qualified name; empty or invalid `namespaces`; `namespaces` on a cluster-scoped resource;
+/// an unknown caching strategy; `concurrency = 0`; an empty `owns()`; an invalid label selector
+/// or events component; a missing `apply`, or `cleanup` missing with / present without a
+/// finalizer; a handler that is not `async`, takes `&mut self` or `self`, takes the wrong object
+/// type, a context that is not `&Ctx<R>`, extra arguments, returns something other than
+/// `Result<Action>` or an error without `Into<kuberator::Error>`; and a trait or generic impl.
+#[proc_macro_attribute]
+pub fn operator(attr: TokenStream, item: TokenStream) -> TokenStream {
+    operator::expand(attr.into(), item.into()).into()
 }

@@ -68,7 +68,7 @@ impl<'a> Status<'a> {
                     errors.handle(flag(attr, GENERATION_ATTR));
                     if !marked.is_empty() {
                         errors.push(error_at(
-                            attr,
+                            attr.path(),
                             "`#[observe_generation]` is on more than one field: keep it on the one \
                              that records `metadata.generation`",
                         ));
@@ -78,7 +78,7 @@ impl<'a> Status<'a> {
                     errors.handle(flag(attr, ERROR_ATTR));
                     if !error_fields.is_empty() {
                         errors.push(error_at(
-                            attr,
+                            attr.path(),
                             "`#[status_error]` is on more than one field: a status has one error \
                              slot, keep it on one field",
                         ));

@@ -10,7 +10,7 @@ use syn::{Attribute, Data, DeriveInput, Generics, Ident, LitStr, Meta, Type};
 
 use crate::duration::parse_millis;
 use crate::paths::kuberator;
-use crate::util::{error_at, one_of, suggestion};
+use crate::util::{error_at, one_of, unknown};
 
 /// The attribute on the enum (target type) and on variants (options).
 const ATTR: &str = "status_error";
@@ -129,18 +129,20 @@ impl VariantOptions {
                 )),
                 (other, Meta::Path(_)) => errors.push(error_at(
                     path,
-                    format!(
-                        "unknown retry class `{other}`{}: expected `retry` (the default), \
-                         `terminal` or `requeue_after = \"30s\"`",
-                        suggestion(other, &CLASSES)
+                    unknown(
+                        "retry class",
+                        other,
+                        &CLASSES,
+                        "expected `retry` (the default), `terminal` or `requeue_after = \"30s\"`",
                     ),
                 )),
                 (other, _) => errors.push(error_at(
                     path,
-                    format!(
-                        "unknown option `{other}`{}: expected {}",
-                        suggestion(other, &OPTIONS),
-                        one_of(&OPTIONS)
+                    unknown(
+                        "option",
+                        other,
+                        &OPTIONS,
+                        &format!("expected {}", one_of(&OPTIONS)),
                     ),
                 )),
             }
@@ -202,14 +204,14 @@ fn target_type(input: &DeriveInput) -> darling::Result<Type> {
                 )
             }),
             _ => Err(error_at(
-                attr,
+                attr.path(),
                 "`#[status_error]` needs the status-error type, like `#[status_error(StatusError)]`",
             )),
         };
         if let Some(ty) = errors.handle(parsed) {
             if found.is_some() {
                 errors.push(error_at(
-                    attr,
+                    attr.path(),
                     "`#[status_error(...)]` is given twice on the enum: keep one",
                 ));
             } else {
@@ -376,7 +378,7 @@ impl<'a> ErrorVariant<'a> {
                     .handle(NestedMeta::parse_meta_list(list.tokens.clone()).map_err(Error::from)),
                 _ => {
                     errors.push(error_at(
-                        attr,
+                        attr.path(),
                         "`#[status_error]` on a variant needs options, like \
                          `#[status_error(terminal)]` or `#[status_error(reason = \"ImageMissing\")]`",
                     ));

@@ -25,11 +25,13 @@ pub(crate) fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a
         .map(|(_, candidate)| candidate)
 }
 
-/// `, did you mean `x`?` or nothing.
-pub(crate) fn suggestion(word: &str, candidates: &[&str]) -> String {
-    did_you_mean(word, candidates)
-        .map(|found| format!(", did you mean `{found}`?"))
-        .unwrap_or_default()
+/// "unknown key `finaliser`, did you mean `finalizer`? expected …" (or without the suggestion,
+/// "unknown key `foo`: expected …").
+pub(crate) fn unknown(what: &str, word: &str, candidates: &[&str], expected: &str) -> String {
+    match did_you_mean(word, candidates) {
+        Some(found) => format!("unknown {what} `{word}`, did you mean `{found}`? {expected}"),
+        None => format!("unknown {what} `{word}`: {expected}"),
+    }
 }
 
 /// `` `a`, `b` or `c` ``.

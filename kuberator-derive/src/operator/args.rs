@@ -1,0 +1,266 @@
+//! The receiver: `#[kuberator::operator(...)]` as written, each value with the token to point at.
+//!
+//! Only the shape of each key is checked here (`key = value` or `key(list)`, the value's kind);
+//! what the values mean is validated in [`super::model`].
+
+use darling::ast::NestedMeta;
+use darling::{Error, FromMeta};
+use proc_macro2::TokenStream;
+use syn::parse::Parser;
+use syn::punctuated::Punctuated;
+use syn::{Expr, ExprLit, Ident, Lit, LitInt, LitStr, Meta, Path, Token, Type};
+
+use crate::util::{error_at, source, unknown};
+
+/// Every key, in the order the docs list them.
+pub(crate) const KEYS: [&str; 8] = [
+    "resource",
+    "finalizer",
+    "namespaces",
+    "caching",
+    "concurrency",
+    "owns",
+    "labels",
+    "events",
+];
+
+/// A value together with the key it was given under (for errors that concern the key).
+pub(crate) struct Keyed<T> {
+    pub(crate) key: Path,
+    pub(crate) value: T,
+}
+
+/// The attribute's arguments, unvalidated. A key whose value is malformed is left `None` but
+/// listed in `given`, so that validation does not also report it as missing.
+#[derive(Default)]
+pub(crate) struct OperatorArgs {
+    pub(crate) given: Vec<String>,
+    pub(crate) resource: Option<Keyed<Path>>,
+    pub(crate) finalizer: Option<Keyed<LitStr>>,
+    pub(crate) namespaces: Option<Keyed<Vec<LitStr>>>,
+    pub(crate) caching: Option<Keyed<Path>>,
+    pub(crate) concurrency: Option<Keyed<LitInt>>,
+    pub(crate) owns: Option<Keyed<Vec<Type>>>,
+    pub(crate) labels: Option<Keyed<LitStr>>,
+    pub(crate) events: Option<Keyed<LitStr>>,
+}
+
+impl OperatorArgs {
+    /// Parses the attribute's tokens, keeping what is well-formed and collecting the rest.
+    pub(crate) fn parse(tokens: TokenStream, errors: &mut darling::error::Accumulator) -> Self {
+        match NestedMeta::parse_meta_list(tokens) {
+            Ok(items) => Self::collect(&items, errors),
+            Err(error) => {
+                errors.push(error.into());
+                Self::default()
+            }
+        }
+    }
+
+    /// Whether `key` was written, well-formed or not.
+    pub(crate) fn was_given(&self, key: &str) -> bool {
+        self.given.iter().any(|given| given == key)
+    }
+
+    fn collect(items: &[NestedMeta], errors: &mut darling::error::Accumulator) -> Self {
+        let mut args = OperatorArgs::default();
+        for item in items {
+            let meta = match item {
+                NestedMeta::Meta(meta) => meta,
+                NestedMeta::Lit(lit) => {
+                    errors.push(error_at(
+                        lit,
+                        format!("expected `key = value`, found a literal: {}", keys()),
+                    ));
+                    continue;
+                }
+                NestedMeta::NameValueInvalidExpr(invalid) => {
+                    let key = source(&invalid.path);
+                    errors.push(error_at(
+                        &invalid.value,
+                        match example(&key) {
+                            Some(example) => format!("expected `{example}`"),
+                            None => unknown("key", &key, &KEYS, &keys()),
+                        },
+                    ));
+                    continue;
+                }
+            };
+            let path = meta.path();
+            let key = path
+                .get_ident()
+                .map(Ident::to_string)
+                .unwrap_or_else(|| source(path));
+            args.given.push(key.clone());
+            match key.as_str() {
+                "resource" => {
+                    let value = name_value(meta).and_then(|value| match value {
+                        Expr::Path(p) if p.qself.is_none() => Ok(p.path.clone()),
+                        other => Err(error_at(
+                            other,
+                            "expected the resource type, like `resource = Website`",
+                        )),
+                    });
+                    set(errors, &mut args.resource, path, value);
+                }
+                "finalizer" => {
+                    let value = name_value(meta).and_then(|v| string(v, "finalizer"));
+                    set(errors, &mut args.finalizer, path, value);
+                }
+                "namespaces" => {
+                    let value = list(meta).and_then(|tokens| {
+                        Punctuated::<LitStr, Token![,]>::parse_terminated
+                            .parse2(tokens)
+                            .map(|list| list.into_iter().collect())
+                            .map_err(|e| {
+                                error_at(
+                                    &e.span(),
+                                    "expected namespace names as strings, like \
+                                                      `namespaces(\"default\", \"shop\")`",
+                                )
+                            })
+                    });
+                    set(errors, &mut args.namespaces, path, value);
+                }
+                "caching" => {
+                    let value = name_value(meta).and_then(|value| match value {
+                        Expr::Path(p) if p.qself.is_none() => Ok(p.path.clone()),
+                        other => Err(error_at(
+                            other,
+                            "expected a caching strategy: `Strict`, `Adhoc` or `Extendable`",
+                        )),
+                    });
+                    set(errors, &mut args.caching, path, value);
+                }
+                "concurrency" => {
+                    let value = name_value(meta).and_then(|value| match value {
+                        Expr::Lit(ExprLit {
+                            lit: Lit::Int(int), ..
+                        }) => Ok(int.clone()),
+                        other => Err(error_at(
+                            other,
+                            "expected a positive integer, like `concurrency = 8`",
+                        )),
+                    });
+                    set(errors, &mut args.concurrency, path, value);
+                }
+                "owns" => {
+                    let value = list(meta).and_then(|tokens| {
+                        Punctuated::<Type, Token![,]>::parse_terminated
+                            .parse2(tokens)
+                            .map(|list| list.into_iter().collect())
+                            .map_err(|e| {
+                                error_at(
+                                    &e.span(),
+                                    "expected child types, like `owns(ConfigMap, Service)`",
+                                )
+                            })
+                    });
+                    set(errors, &mut args.owns, path, value);
+                }
+                "labels" => {
+                    let value = name_value(meta).and_then(|v| string(v, "labels"));
+                    set(errors, &mut args.labels, path, value);
+                }
+                "events" => {
+                    let value = name_value(meta).and_then(|v| string(v, "events"));
+                    set(errors, &mut args.events, path, value);
+                }
+                other => {
+                    errors.push(error_at(path, unknown("key", other, &KEYS, &keys())));
+                    continue;
+                }
+            }
+        }
+        args
+    }
+}
+
+impl FromMeta for OperatorArgs {
+    fn from_list(items: &[NestedMeta]) -> darling::Result<Self> {
+        let mut errors = Error::accumulator();
+        let args = Self::collect(items, &mut errors);
+        errors.finish_with(args)
+    }
+}
+
+/// Stores a key's value, or reports a repeated key at its second occurrence.
+fn set<T>(
+    errors: &mut darling::error::Accumulator,
+    slot: &mut Option<Keyed<T>>,
+    key: &Path,
+    value: darling::Result<T>,
+) {
+    let name = source(key);
+    if slot.is_some() {
+        errors.push(error_at(key, format!("`{name}` is given twice: keep one")));
+        return;
+    }
+    if let Some(value) = errors.handle(value) {
+        *slot = Some(Keyed {
+            key: key.clone(),
+            value,
+        });
+    }
+}
+
+/// The value of `key = value`, or the expected form.
+fn name_value(meta: &Meta) -> darling::Result<&Expr> {
+    match meta {
+        Meta::NameValue(nv) => Ok(&nv.value),
+        _ => Err(wrong_form(meta)),
+    }
+}
+
+/// The tokens inside `key(...)`, or the expected form.
+fn list(meta: &Meta) -> darling::Result<TokenStream> {
+    match meta {
+        Meta::List(list) => Ok(list.tokens.clone()),
+        _ => Err(wrong_form(meta)),
+    }
+}
+
+/// A string literal value.
+fn string(value: &Expr, key: &str) -> darling::Result<LitStr> {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(lit), ..
+        }) => Ok(lit.clone()),
+        other => Err(error_at(
+            other,
+            format!(
+                "expected a string, like `{}`",
+                example(key).unwrap_or_default()
+            ),
+        )),
+    }
+}
+
+fn wrong_form(meta: &Meta) -> Error {
+    let key = source(meta.path());
+    error_at(
+        meta,
+        format!("expected `{}`", example(&key).unwrap_or_default()),
+    )
+}
+
+/// How each key is written.
+pub(crate) fn example(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "resource" => "resource = Website",
+        "finalizer" => "finalizer = \"example.com/cleanup\"",
+        "namespaces" => "namespaces(\"default\", \"shop\")",
+        "caching" => "caching = Strict",
+        "concurrency" => "concurrency = 8",
+        "owns" => "owns(ConfigMap, Service)",
+        "labels" => "labels = \"app=web\"",
+        "events" => "events = \"website-operator\"",
+        _ => return None,
+    })
+}
+
+/// "expected one of `resource`, `finalizer`, …, `events`".
+fn keys() -> String {
+    let keys: Vec<String> = KEYS.iter().map(|key| format!("`{key}`")).collect();
+    format!("expected one of {}", keys.join(", "))
+}

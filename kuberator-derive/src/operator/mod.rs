@@ -1,0 +1,129 @@
+//! `#[kuberator::operator(...)]`: parse the arguments ([`args`]), validate them against the impl
+//! block ([`model`]), generate the operator ([`expand`]).
+
+mod args;
+mod expand;
+mod model;
+
+use darling::Error;
+use proc_macro2::{Span, TokenStream};
+use quote::ToTokens;
+use syn::ItemImpl;
+
+use args::OperatorArgs;
+use model::Operator;
+
+/// Entry point: the user's impl block unchanged, plus the generated operator, or plus the errors
+/// and dummy items (so that one mistake is one message).
+pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let item_impl: ItemImpl = match syn::parse2(item.clone()) {
+        Ok(item_impl) => item_impl,
+        Err(_) => {
+            let error = Error::custom(
+                "`#[kuberator::operator]` goes on the handler's impl block, like \
+                 `#[kuberator::operator(resource = Website)] impl Websites { async fn apply(...) }`",
+            )
+            .with_span(&Span::call_site());
+            let mut tokens = error.write_errors();
+            tokens.extend(item);
+            return tokens;
+        }
+    };
+    let mut errors = Error::accumulator();
+    let args = OperatorArgs::parse(attr, &mut errors);
+    let resource = args.resource.as_ref().map(|keyed| keyed.value.clone());
+    let operator = Operator::new(args, &item_impl, &mut errors);
+
+    let mut tokens = item_impl.to_token_stream();
+    match errors.finish_with(operator) {
+        Ok(Some(operator)) => tokens.extend(expand::operator(&operator)),
+        Ok(None) => {}
+        Err(errors) => {
+            tokens.extend(errors.write_errors());
+            tokens.extend(expand::dummy(&item_impl, resource.as_ref()));
+        }
+    }
+    tokens
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    use super::expand;
+    use crate::golden::{assert_golden, pretty};
+
+    #[test]
+    fn golden_all_keys() {
+        let attr = quote! {
+            resource = Website,
+            finalizer = "websites.example.com/cleanup",
+            namespaces("default", "shop"),
+            caching = Strict,
+            concurrency = 8,
+            owns(ConfigMap, Service),
+            labels = "app=web",
+            events = "website-operator",
+        };
+        let item = quote! {
+            impl Websites {
+                async fn apply(&self, site: Arc<Website>) -> Result<Action> {
+                    Ok(Action::await_change())
+                }
+                async fn cleanup(&self, site: Arc<Website>, ctx: &Ctx<Website>) -> Result<Action> {
+                    Ok(Action::await_change())
+                }
+            }
+        };
+        assert_golden("operator", &expand(attr, item));
+    }
+
+    #[test]
+    fn defaults_without_optional_keys() {
+        let out = pretty(&expand(
+            quote!(resource = Website),
+            quote! {
+                impl Websites {
+                    async fn apply(&self, site: Arc<Website>) -> Result<Action> { todo!() }
+                    fn helper(&self) {}
+                }
+            },
+        ));
+        assert!(
+            out.contains(".caching(::kuberator::CachingStrategy::Extendable)"),
+            "{out}"
+        );
+        assert!(
+            out.contains(".finalizer(::core::option::Option::None)"),
+            "{out}"
+        );
+        assert!(out.contains(".concurrency(1)"), "{out}");
+        assert!(!out.contains("async fn cleanup"), "{out}");
+        assert!(!out.contains("NamespacedScope"), "{out}");
+    }
+
+    #[test]
+    fn every_error_at_once_keeps_the_item_and_adds_dummies() {
+        let out = expand(
+            quote!(
+                resource = Website,
+                finaliser = "x",
+                concurrency = 0,
+                namespaces()
+            ),
+            quote! {
+                impl Websites {
+                    fn apply(&mut self, site: Website) -> Action { todo!() }
+                }
+            },
+        )
+        .to_string();
+        // unknown key, concurrency, empty namespaces, not async, `&mut self`, argument, return.
+        assert_eq!(out.matches("compile_error").count(), 7, "{out}");
+        assert!(
+            out.contains("fn apply (& mut self , site : Website) -> Action"),
+            "{out}"
+        );
+        assert!(out.contains("pub async fn run"), "{out}");
+    }
+}

@@ -1,0 +1,857 @@
+//! The validated model of an operator: all that codegen sees. Each newtype exists only once its
+//! check passed (a [`FinalizerName`] is a qualified name, a [`Namespace`] a DNS-1123 label, …).
+
+use darling::Error;
+use proc_macro2::Span;
+use syn::{
+    FnArg, Ident, ImplItem, ImplItemFn, ItemImpl, LitStr, Path, ReceiverKind, ReturnType, Type,
+};
+
+use super::args::{Keyed, OperatorArgs};
+use crate::util::{error_at, path_tail, peel, source, unknown};
+
+/// A validated `#[kuberator::operator(...)] impl Handler { ... }`.
+pub(crate) struct Operator {
+    /// The handler type, e.g. `Websites`; generated names derive from it.
+    pub(crate) handler: Ident,
+    /// The resource, e.g. `Website`.
+    pub(crate) resource: Path,
+    pub(crate) finalizer: Option<FinalizerName>,
+    pub(crate) namespaces: Option<Namespaces>,
+    /// As written, or the default (see [`Caching::default_for`]).
+    pub(crate) caching: Caching,
+    pub(crate) concurrency: Concurrency,
+    pub(crate) owns: Vec<Type>,
+    pub(crate) labels: Option<LabelSelector>,
+    pub(crate) events: Option<EventsComponent>,
+    pub(crate) apply: HandlerFn,
+    /// Present exactly when a finalizer is.
+    pub(crate) cleanup: Option<HandlerFn>,
+}
+
+impl Operator {
+    /// Validates the arguments against the impl block; `None` when anything is wrong (every
+    /// error is in `errors`).
+    pub(crate) fn new(
+        args: OperatorArgs,
+        item: &ItemImpl,
+        errors: &mut darling::error::Accumulator,
+    ) -> Option<Self> {
+        let finalizer_given = args.was_given("finalizer");
+        let handler = errors.handle(handler_ident(item));
+        let resource = match args.resource {
+            Some(resource) => Some(resource.value),
+            None if args.was_given("resource") => None,
+            None => {
+                errors.push(
+                    Error::custom(
+                        "missing `resource = Type`: name the resource this operator reconciles, \
+                         like `#[kuberator::operator(resource = Website)]`",
+                    )
+                    .with_span(&Span::call_site()),
+                );
+                None
+            }
+        };
+        let finalizer = args
+            .finalizer
+            .and_then(|keyed| errors.handle(FinalizerName::new(&keyed.value)));
+        let namespaces = args
+            .namespaces
+            .and_then(|keyed| errors.handle(Namespaces::new(keyed)));
+        let caching = match args.caching {
+            Some(keyed) => errors.handle(Caching::new(&keyed.value)),
+            None => Some(Caching::default_for(namespaces.is_some())),
+        };
+        let concurrency = match args.concurrency {
+            Some(keyed) => errors.handle(Concurrency::new(&keyed.value)),
+            None => Some(Concurrency(1)),
+        };
+        let owns = match args.owns {
+            Some(keyed) if keyed.value.is_empty() => {
+                errors.push(error_at(
+                    &keyed.key,
+                    "`owns()` is empty: list the child types, like `owns(ConfigMap, Service)`, or \
+                     remove it",
+                ));
+                Vec::new()
+            }
+            Some(keyed) => keyed.value,
+            None => Vec::new(),
+        };
+        let labels = args
+            .labels
+            .and_then(|keyed| errors.handle(LabelSelector::new(&keyed.value)));
+        let events = args
+            .events
+            .and_then(|keyed| errors.handle(EventsComponent::new(&keyed.value)));
+
+        // The handlers, checked against the resource's name.
+        let resource_name = resource
+            .as_ref()
+            .and_then(|path| path.segments.last())
+            .map(|segment| segment.ident.clone());
+        let expected = Expected {
+            resource: resource_name,
+        };
+        let find = |name: &str| {
+            item.items.iter().find_map(|item| match item {
+                ImplItem::Fn(function) if function.sig.ident == name => Some(function),
+                _ => None,
+            })
+        };
+        // A trait impl is reported once, not also for its (then irrelevant) methods.
+        let inherent = item.trait_.is_none();
+        let apply = match find("apply") {
+            Some(function) => errors.handle(HandlerFn::new(function, &expected)),
+            None if !inherent => None,
+            None => {
+                errors.push(error_at(
+                    &item.self_ty,
+                    format!(
+                        "missing `async fn apply(&self, object: Arc<{}>) -> Result<Action>` in \
+                         `impl {}`: the operator calls it for every change",
+                        expected.resource(),
+                        source(&item.self_ty)
+                    ),
+                ));
+                None
+            }
+        };
+        let cleanup = match (find("cleanup"), &finalizer) {
+            (Some(function), _) if finalizer_given => {
+                errors.handle(HandlerFn::new(function, &expected))
+            }
+            (Some(function), _) => {
+                errors.push(error_at(
+                    &function.sig.ident,
+                    "`cleanup` runs only with a finalizer: add `finalizer = \"example.com/cleanup\"` \
+                     to `#[kuberator::operator(...)]`, or rename this method if it is a helper",
+                ));
+                None
+            }
+            (None, Some(finalizer)) if inherent => {
+                errors.push(error_at(
+                    &finalizer.span,
+                    format!(
+                        "finalizer `{}` needs a cleanup handler: add `async fn cleanup(&self, \
+                         object: Arc<{}>) -> Result<Action>`",
+                        finalizer.as_str(),
+                        expected.resource()
+                    ),
+                ));
+                None
+            }
+            (None, _) => None,
+        };
+
+        // Every `None` here comes with an error in `errors`.
+        match (handler, resource, caching, concurrency, apply) {
+            (Some(handler), Some(resource), Some(caching), Some(concurrency), Some(apply)) => {
+                Some(Operator {
+                    handler,
+                    resource,
+                    finalizer,
+                    namespaces,
+                    caching,
+                    concurrency,
+                    owns,
+                    labels,
+                    events,
+                    apply,
+                    cleanup,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The handler type's name, from `impl Websites { … }`.
+fn handler_ident(item: &ItemImpl) -> darling::Result<Ident> {
+    let mut errors = Error::accumulator();
+    if let Some((path, _)) = &item.trait_ {
+        errors.push(error_at(
+            path,
+            "`#[kuberator::operator]` goes on an inherent impl block, like `impl Websites { ... }`, \
+             not on a trait impl",
+        ));
+    }
+    if !item.generics.params.is_empty() {
+        errors.push(error_at(
+            &item.generics,
+            "`#[kuberator::operator]` does not support generic impl blocks: the generated \
+             operator type names the handler type",
+        ));
+    }
+    let ident = match path_tail(&item.self_ty) {
+        Some((ident, args)) if args.is_empty() => Some(ident.clone()),
+        _ => {
+            errors.push(error_at(
+                &item.self_ty,
+                format!(
+                    "`#[kuberator::operator]` needs a named handler type without generics, like \
+                     `impl Websites`, found `{}`",
+                    source(&item.self_ty)
+                ),
+            ));
+            None
+        }
+    };
+    errors.finish()?;
+    ident.ok_or_else(|| Error::custom("no handler type"))
+}
+
+// ----- handlers -----
+
+/// What the handler signatures must mention.
+struct Expected {
+    resource: Option<Ident>,
+}
+
+impl Expected {
+    /// The resource's name for messages (`R` when it is unknown).
+    fn resource(&self) -> String {
+        self.resource
+            .as_ref()
+            .map_or_else(|| "R".to_owned(), ToString::to_string)
+    }
+
+    /// Whether `ty` names the resource (by its last path segment, as the attribute does).
+    fn is_resource(&self, ty: &Type) -> bool {
+        match (&self.resource, path_tail(ty)) {
+            (Some(resource), Some((ident, args))) => ident == resource && args.is_empty(),
+            // Without a valid `resource` key there is nothing to compare with.
+            (None, _) => true,
+            _ => false,
+        }
+    }
+}
+
+/// A validated `async fn apply/cleanup(&self, object: Arc<R>[, ctx: &Ctx<R>]) -> Result<Action>`.
+pub(crate) struct HandlerFn {
+    pub(crate) ident: Ident,
+    /// Whether it takes `ctx: &Ctx<R>` as a second argument.
+    pub(crate) takes_ctx: bool,
+    /// The object argument's type, `Arc<R>` as written (for spanned forwarding).
+    pub(crate) object_ty: Type,
+    /// The return type, `Result<Action>` as written.
+    pub(crate) output: Type,
+}
+
+impl HandlerFn {
+    fn new(function: &ImplItemFn, expected: &Expected) -> darling::Result<Self> {
+        let mut errors = Error::accumulator();
+        let sig = &function.sig;
+        let name = sig.ident.to_string();
+        let resource = expected.resource();
+        let shape = format!(
+            "`async fn {name}(&self, object: Arc<{resource}>) -> Result<Action>` (optionally with \
+             `ctx: &Ctx<{resource}>` after the object)"
+        );
+
+        if sig.asyncness.is_none() {
+            errors.push(error_at(
+                &sig.fn_token,
+                format!("`{name}` must be an `async fn`: write {shape}"),
+            ));
+        }
+        if !sig.generics.params.is_empty() {
+            errors.push(error_at(
+                &sig.generics,
+                format!("`{name}` cannot be generic: write {shape}"),
+            ));
+        }
+
+        let mut inputs = sig.inputs.iter();
+        match inputs.next() {
+            Some(FnArg::Receiver(receiver)) => match &receiver.kind {
+                ReceiverKind::Reference(_, _, None) => {}
+                ReceiverKind::Reference(_, _, Some(mutability)) => errors.push(error_at(
+                    mutability,
+                    format!(
+                        "`{name}` must take `&self`, not `&mut self`: objects are reconciled \
+                         concurrently, keep mutable state behind a lock"
+                    ),
+                )),
+                _ => errors.push(error_at(
+                    receiver,
+                    format!("`{name}` must take `&self`: write {shape}"),
+                )),
+            },
+            _ => errors.push(error_at(
+                &sig.ident,
+                format!("`{name}` must take `&self` first: write {shape}"),
+            )),
+        }
+
+        let object_ty = match inputs.next() {
+            Some(FnArg::Typed(arg)) => errors.handle(object_type(&arg.ty, expected, &name)),
+            Some(FnArg::Receiver(_)) => None,
+            None => {
+                errors.push(error_at(
+                    &sig.paren_token.span.join(),
+                    format!("`{name}` must take the object: write {shape}"),
+                ));
+                None
+            }
+        };
+        let takes_ctx = match inputs.next() {
+            Some(FnArg::Typed(arg)) => {
+                errors.handle(ctx_type(&arg.ty, expected, &name));
+                true
+            }
+            Some(FnArg::Receiver(_)) | None => false,
+        };
+        for extra in inputs {
+            errors.push(error_at(
+                extra,
+                format!(
+                    "`{name}` takes the object and optionally `ctx: &Ctx<{resource}>`, nothing \
+                     more: remove this argument"
+                ),
+            ));
+        }
+        if let Some(variadic) = &sig.variadic {
+            errors.push(error_at(variadic, "remove this argument"));
+        }
+
+        let output = match &sig.output {
+            ReturnType::Type(_, ty) => errors.handle(return_type(ty, &name)),
+            ReturnType::Default => {
+                errors.push(error_at(
+                    &sig.paren_token.span.close(),
+                    format!("`{name}` must return `Result<Action>`: add `-> Result<Action>`"),
+                ));
+                None
+            }
+        };
+
+        let (object_ty, output) = errors.finish_with((object_ty, output))?;
+        match (object_ty, output) {
+            (Some(object_ty), Some(output)) => Ok(HandlerFn {
+                ident: sig.ident.clone(),
+                takes_ctx,
+                object_ty,
+                output,
+            }),
+            _ => Err(Error::custom("invalid handler").with_span(&sig.ident)),
+        }
+    }
+}
+
+/// `Arc<R>`, R the resource.
+fn object_type(ty: &Type, expected: &Expected, name: &str) -> darling::Result<Type> {
+    let resource = expected.resource();
+    match path_tail(ty) {
+        Some((ident, args)) if ident == "Arc" && args.len() == 1 => {
+            if expected.is_resource(args[0]) {
+                Ok(ty.clone())
+            } else {
+                Err(error_at(
+                    args[0],
+                    format!(
+                        "expected `Arc<{resource}>`, found `{}`: `{name}` gets the resource named \
+                         in `resource = {resource}`",
+                        source(ty)
+                    ),
+                ))
+            }
+        }
+        _ => Err(error_at(
+            ty,
+            format!(
+                "expected `Arc<{resource}>`, found `{}`: `{name}` gets the object as \
+                 `Arc<{resource}>`",
+                source(ty)
+            ),
+        )),
+    }
+}
+
+/// `&Ctx<R>` (any path ending in `Ctx`), R the resource.
+fn ctx_type(ty: &Type, expected: &Expected, name: &str) -> darling::Result<()> {
+    let resource = expected.resource();
+    let mismatch = || {
+        error_at(
+            ty,
+            format!(
+                "expected `&Ctx<{resource}>`, found `{}`: the optional second argument of \
+                 `{name}` is the context, `ctx: &Ctx<{resource}>`",
+                source(ty)
+            ),
+        )
+    };
+    let Type::Reference(reference) = peel(ty) else {
+        return Err(mismatch());
+    };
+    if reference.mutability.is_some() {
+        return Err(mismatch());
+    }
+    match path_tail(&reference.elem) {
+        Some((ident, args)) if ident == "Ctx" && args.len() == 1 => {
+            if expected.is_resource(args[0]) {
+                Ok(())
+            } else {
+                Err(error_at(
+                    args[0],
+                    format!(
+                        "expected `&Ctx<{resource}>`, found `{}`: the context is for the resource \
+                         named in `resource = {resource}`",
+                        source(ty)
+                    ),
+                ))
+            }
+        }
+        _ => Err(mismatch()),
+    }
+}
+
+/// `Result<Action>` or `Result<Action, E>` with `E: Into<kuberator::Error>`.
+fn return_type(ty: &Type, name: &str) -> darling::Result<Type> {
+    let wrong = |at: &Type| {
+        error_at(
+            at,
+            format!(
+                "`{name}` must return `Result<Action>`, found `{}`: `Action` says when to look at \
+                 the object again, like `Ok(Action::requeue(Duration::from_secs(300)))`",
+                source(ty)
+            ),
+        )
+    };
+    match path_tail(ty) {
+        Some((ident, args)) if ident == "Result" && matches!(args.len(), 1 | 2) => {
+            match path_tail(args[0]) {
+                Some((action, action_args)) if action == "Action" && action_args.is_empty() => {
+                    Ok(ty.clone())
+                }
+                _ => Err(wrong(args[0])),
+            }
+        }
+        _ => Err(wrong(ty)),
+    }
+}
+
+// ----- keys -----
+
+/// A Kubernetes qualified name with a DNS subdomain prefix, e.g. `example.com/cleanup`.
+pub(crate) struct FinalizerName {
+    name: String,
+    span: Span,
+}
+
+impl FinalizerName {
+    fn new(lit: &LitStr) -> darling::Result<Self> {
+        let name = lit.value();
+        let fail = |detail: String| {
+            error_at(
+                lit,
+                format!(
+                    "finalizer `{name}` must be a qualified name like `example.com/cleanup`: \
+                     {detail}"
+                ),
+            )
+        };
+        let Some((prefix, rest)) = name.split_once('/') else {
+            return Err(fail("add a domain prefix you own".to_owned()));
+        };
+        if rest.contains('/') {
+            return Err(fail(
+                "use one `/` between the domain prefix and the name".to_owned(),
+            ));
+        }
+        if !is_dns_subdomain(prefix) {
+            return Err(fail(format!(
+                "the prefix `{prefix}` must be a DNS subdomain (lowercase letters, digits, `-` and \
+                 `.`, at most 253 characters)"
+            )));
+        }
+        if !is_qualified_name_part(rest) {
+            return Err(fail(format!(
+                "the name `{rest}` must be at most 63 letters, digits, `-`, `_` or `.`, starting \
+                 and ending with a letter or digit"
+            )));
+        }
+        Ok(FinalizerName {
+            name,
+            span: lit.span(),
+        })
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.name
+    }
+}
+
+/// A non-empty list of distinct namespaces, with the `namespaces` key for spanned assertions.
+pub(crate) struct Namespaces {
+    pub(crate) key: Path,
+    pub(crate) names: Vec<Namespace>,
+}
+
+impl Namespaces {
+    fn new(keyed: Keyed<Vec<LitStr>>) -> darling::Result<Self> {
+        let mut errors = Error::accumulator();
+        if keyed.value.is_empty() {
+            errors.push(error_at(
+                &keyed.key,
+                "`namespaces()` is empty: list at least one namespace, like \
+                 `namespaces(\"default\")`, or remove it to watch all namespaces",
+            ));
+        }
+        let mut names: Vec<Namespace> = Vec::new();
+        for lit in &keyed.value {
+            if let Some(namespace) = errors.handle(Namespace::new(lit)) {
+                if names.iter().any(|seen| seen.0 == namespace.0) {
+                    errors.push(error_at(
+                        lit,
+                        format!("namespace `{}` is listed twice: remove one", namespace.0),
+                    ));
+                } else {
+                    names.push(namespace);
+                }
+            }
+        }
+        errors.finish_with(Namespaces {
+            key: keyed.key,
+            names,
+        })
+    }
+}
+
+/// A DNS-1123 label: a namespace name.
+pub(crate) struct Namespace(String);
+
+impl Namespace {
+    fn new(lit: &LitStr) -> darling::Result<Self> {
+        let name = lit.value();
+        if is_dns_label(&name) {
+            Ok(Namespace(name))
+        } else {
+            Err(error_at(
+                lit,
+                format!(
+                    "namespace `{name}` must be a DNS-1123 label: at most 63 lowercase letters, \
+                     digits or `-`, starting and ending with a letter or digit"
+                ),
+            ))
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `kuberator::CachingStrategy`'s variants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Caching {
+    Strict,
+    Adhoc,
+    Extendable,
+}
+
+impl Caching {
+    const NAMES: [&'static str; 3] = ["Strict", "Adhoc", "Extendable"];
+
+    fn new(path: &Path) -> darling::Result<Self> {
+        let name = path
+            .segments
+            .last()
+            .map(|segment| segment.ident.to_string())
+            .unwrap_or_default();
+        match name.as_str() {
+            "Strict" => Ok(Caching::Strict),
+            "Adhoc" => Ok(Caching::Adhoc),
+            "Extendable" => Ok(Caching::Extendable),
+            other => Err(error_at(
+                path,
+                unknown(
+                    "caching strategy",
+                    other,
+                    &Self::NAMES,
+                    "expected `Strict`, `Adhoc` or `Extendable`",
+                ),
+            )),
+        }
+    }
+
+    /// `Strict` when the namespaces are known up front, `Extendable` when watching all of them.
+    pub(crate) fn default_for(has_namespaces: bool) -> Self {
+        if has_namespaces {
+            Caching::Strict
+        } else {
+            Caching::Extendable
+        }
+    }
+
+    pub(crate) fn variant(self) -> &'static str {
+        match self {
+            Caching::Strict => "Strict",
+            Caching::Adhoc => "Adhoc",
+            Caching::Extendable => "Extendable",
+        }
+    }
+}
+
+/// How many objects are reconciled at once, at least 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Concurrency(pub(crate) u16);
+
+impl Concurrency {
+    fn new(lit: &syn::LitInt) -> darling::Result<Self> {
+        match lit.base10_parse::<u64>() {
+            Ok(0) => Err(error_at(
+                lit,
+                "`concurrency` must be at least 1: `concurrency = 1` (the default) reconciles one \
+                 object at a time",
+            )),
+            Ok(n) => u16::try_from(n).map(Concurrency).map_err(|_| {
+                error_at(
+                    lit,
+                    format!("`concurrency` must be at most {}, found {n}", u16::MAX),
+                )
+            }),
+            Err(_) => Err(error_at(
+                lit,
+                "expected a positive integer, like `concurrency = 8`",
+            )),
+        }
+    }
+}
+
+/// A syntactically valid label selector, e.g. `app=web,tier in (frontend, backend)`.
+pub(crate) struct LabelSelector(String);
+
+impl LabelSelector {
+    fn new(lit: &LitStr) -> darling::Result<Self> {
+        let selector = lit.value();
+        match check_selector(&selector) {
+            Ok(()) => Ok(LabelSelector(selector)),
+            Err(detail) => Err(error_at(
+                lit,
+                format!(
+                    "label selector `{selector}` is invalid: {detail}; write requirements like \
+                     `app=web`, `tier!=cache`, `env in (prod, staging)` or `!canary`, separated \
+                     by commas"
+                ),
+            )),
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The events' reporting component (`reportingController`): a qualified name, e.g.
+/// `website-operator` or `websites.example.com/operator`.
+pub(crate) struct EventsComponent(String);
+
+impl EventsComponent {
+    fn new(lit: &LitStr) -> darling::Result<Self> {
+        let component = lit.value();
+        if is_qualified_name(&component) {
+            Ok(EventsComponent(component))
+        } else {
+            Err(error_at(
+                lit,
+                format!(
+                    "events component `{component}` must be a qualified name like \
+                     `website-operator` or `websites.example.com/operator`: it becomes the \
+                     events' `reportingController`"
+                ),
+            ))
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+// ----- name rules (k8s.io/apimachinery/pkg/util/validation) -----
+
+/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
+pub(crate) fn is_dns_label(s: &str) -> bool {
+    s.len() <= 63 && is_label_like(s)
+}
+
+/// Dot-separated labels, at most 253 characters.
+pub(crate) fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_label_like)
+}
+
+fn is_label_like(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    matches!((bytes.first(), bytes.last()), (Some(first), Some(last)) if alnum(first) && alnum(last))
+        && bytes.iter().all(|b| alnum(b) || *b == b'-')
+}
+
+/// The name part of a qualified name: `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`, at most 63.
+pub(crate) fn is_qualified_name_part(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    s.len() <= 63
+        && matches!(
+            (bytes.first(), bytes.last()),
+            (Some(first), Some(last)) if first.is_ascii_alphanumeric() && last.is_ascii_alphanumeric()
+        )
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// A qualified name: `[prefix/]name`, prefix a DNS subdomain (also what a label key is).
+fn is_qualified_name(s: &str) -> bool {
+    match s.split_once('/') {
+        Some((prefix, name)) => is_dns_subdomain(prefix) && is_qualified_name_part(name),
+        None => is_qualified_name_part(s),
+    }
+}
+
+/// A label value: empty or a qualified-name part.
+fn is_label_value(s: &str) -> bool {
+    s.is_empty() || is_qualified_name_part(s)
+}
+
+/// Checks a label selector's syntax, as `kubectl get -l` accepts it.
+pub(crate) fn check_selector(selector: &str) -> Result<(), String> {
+    if selector.trim().is_empty() {
+        return Err("it is empty".to_owned());
+    }
+    // Split on commas outside parentheses.
+    let mut requirements = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    for (i, c) in selector.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.checked_sub(1).ok_or("unbalanced `)`")?,
+            ',' if depth == 0 => {
+                requirements.push(&selector[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return Err("unbalanced `(`".to_owned());
+    }
+    requirements.push(&selector[start..]);
+
+    for requirement in requirements {
+        let requirement = requirement.trim();
+        let key_ok = |key: &str| {
+            if is_qualified_name(key) {
+                Ok(())
+            } else {
+                Err(format!("`{key}` is not a valid label key"))
+            }
+        };
+        let value_ok = |value: &str| {
+            if is_label_value(value) {
+                Ok(())
+            } else {
+                Err(format!("`{value}` is not a valid label value"))
+            }
+        };
+        if requirement.is_empty() {
+            return Err("it has an empty requirement".to_owned());
+        }
+        if let Some(key) = requirement.strip_prefix('!') {
+            key_ok(key.trim())?;
+        } else if let Some(open) = requirement.find('(') {
+            let (head, values) = requirement.split_at(open);
+            let mut words = head.split_whitespace();
+            let (Some(key), Some(op), None) = (words.next(), words.next(), words.next()) else {
+                return Err(format!("`{requirement}` is not `key in (values)`"));
+            };
+            if op != "in" && op != "notin" {
+                return Err(format!("`{op}` is not `in` or `notin`"));
+            }
+            key_ok(key)?;
+            let values = values
+                .strip_prefix('(')
+                .and_then(|v| v.strip_suffix(')'))
+                .ok_or_else(|| format!("`{requirement}` is not `key {op} (values)`"))?;
+            for value in values.split(',') {
+                value_ok(value.trim())?;
+            }
+        } else if let Some((key, value)) = ["!=", "==", "="]
+            .iter()
+            .find_map(|op| requirement.split_once(op))
+        {
+            key_ok(key.trim())?;
+            value_ok(value.trim())?;
+        } else {
+            key_ok(requirement)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_rules_follow_kubernetes() {
+        assert!(is_dns_label("shop"));
+        assert!(is_dns_label("a-1"));
+        assert!(!is_dns_label("Shop"));
+        assert!(!is_dns_label("-a"));
+        assert!(!is_dns_label("a.b"));
+        assert!(!is_dns_label(&"a".repeat(64)));
+        assert!(is_dns_subdomain("websites.example.com"));
+        assert!(!is_dns_subdomain("example..com"));
+        assert!(!is_dns_subdomain("Example.com"));
+        assert!(is_qualified_name_part("cleanup"));
+        assert!(is_qualified_name_part("Clean_up.v2"));
+        assert!(!is_qualified_name_part("clean up"));
+        assert!(!is_qualified_name_part("_cleanup"));
+    }
+
+    #[test]
+    fn finalizer_names_must_be_qualified() {
+        let ok: LitStr = syn::parse_quote!("websites.example.com/cleanup");
+        assert_eq!(
+            FinalizerName::new(&ok).unwrap().as_str(),
+            "websites.example.com/cleanup"
+        );
+        for bad in [
+            "cleanup",
+            "a/b/c",
+            "Example.com/cleanup",
+            "example.com/",
+            "/cleanup",
+        ] {
+            let lit = LitStr::new(bad, Span::call_site());
+            assert!(FinalizerName::new(&lit).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn label_selectors() {
+        for good in [
+            "app=web",
+            "app==web,tier!=cache",
+            "env in (prod, staging),!canary",
+            "example.com/team notin (a,b)",
+            "app",
+            "app=",
+        ] {
+            assert_eq!(check_selector(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "app=web,",
+            "app=we b",
+            "env in prod",
+            "env (a)",
+            "(",
+            "App Name=x",
+        ] {
+            assert!(check_selector(bad).is_err(), "{bad}");
+        }
+    }
+}
