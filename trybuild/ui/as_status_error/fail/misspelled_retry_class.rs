@@ -1,0 +1,11 @@
+use kuberator::{AsStatusError, StatusError};
+
+#[derive(Debug, thiserror::Error, AsStatusError)]
+#[status_error(StatusError)]
+pub enum WebsiteError {
+    #[error("image is empty")]
+    #[status_error(terminl)]
+    EmptyImage,
+}
+
+fn main() {}

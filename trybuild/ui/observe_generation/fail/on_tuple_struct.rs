@@ -1,0 +1,6 @@
+use kuberator::ObserveGeneration;
+
+#[derive(ObserveGeneration)]
+pub struct WebsiteStatus(Option<i64>);
+
+fn main() {}
