@@ -3,9 +3,9 @@
 #![allow(unreachable_pub, missing_docs)]
 // Test helpers may panic: a failed expectation is the point of a test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+mod caching;
 mod control_plane;
+mod demo;
+mod events;
 mod runtime;
 mod support;
-mod events;
-mod caching;
-mod demo;
