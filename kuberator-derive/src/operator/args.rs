@@ -52,7 +52,11 @@ impl OperatorArgs {
             Ok(items) => Self::collect(&items, errors),
             Err(error) => {
                 errors.push(error.into());
-                Self::default()
+                // Unparseable: report that alone, not every key as missing too.
+                OperatorArgs {
+                    given: KEYS.iter().map(|key| (*key).to_owned()).collect(),
+                    ..Self::default()
+                }
             }
         }
     }
@@ -76,6 +80,7 @@ impl OperatorArgs {
                 }
                 NestedMeta::NameValueInvalidExpr(invalid) => {
                     let key = source(&invalid.path);
+                    args.given.push(key.clone());
                     errors.push(error_at(
                         &invalid.value,
                         match example(&key) {

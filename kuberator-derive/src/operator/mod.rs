@@ -103,6 +103,19 @@ mod tests {
     }
 
     #[test]
+    fn unparseable_arguments_are_one_error() {
+        let out = expand(
+            quote!(resource = ),
+            quote!(impl Websites { async fn apply(&self, o: Arc<Website>) -> Result<Action> {} }),
+        )
+        .to_string();
+        assert_eq!(out.matches("compile_error").count(), 1, "{out}");
+        let out = expand(quote!(resource = Website,, ), quote!(impl Websites {})).to_string();
+        assert!(out.contains("compile_error"), "{out}");
+        assert!(!out.contains("missing `resource"), "{out}");
+    }
+
+    #[test]
     fn every_error_at_once_keeps_the_item_and_adds_dummies() {
         let out = expand(
             quote!(
