@@ -1,4 +1,4 @@
-//! The demo behind `make demo`: the [`StaticSite`](crate::static_site::StaticSite) operator on
+//! The demo behind `make demo`: the [`StaticSite`](crate::static_site) operator on
 //! a local control plane (etcd, kube-apiserver, kube-controller-manager), driven with kubectl as
 //! a person would, told as a short story, and checked through the API at every step.
 

@@ -1,4 +1,4 @@
-//! `K8sRepository`: the generic repository that implements [`Finalize`](crate::Finalize).
+//! `K8sRepository`: the generic repository that implements [`Finalize`].
 
 use std::marker::PhantomData;
 
