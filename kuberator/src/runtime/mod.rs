@@ -2,6 +2,7 @@
 
 mod backoff;
 pub mod health;
+pub mod leader;
 pub mod metrics;
 mod operator;
 mod shutdown;
@@ -9,6 +10,7 @@ mod watch;
 
 pub use backoff::Backoff;
 pub use health::{HealthServer, Readiness};
+pub use leader::{LeaderElection, Leadership};
 pub use metrics::{ControllerMetrics, Metrics};
 pub use operator::{Operator, Reconciler, default_error_policy};
 pub use shutdown::shutdown_signal;
