@@ -9,3 +9,4 @@ mod demo;
 mod events;
 mod runtime;
 mod support;
+mod operations;
