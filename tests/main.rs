@@ -7,6 +7,6 @@ mod caching;
 mod control_plane;
 mod demo;
 mod events;
+mod operations;
 mod runtime;
 mod support;
-mod operations;
