@@ -17,7 +17,7 @@ use crate::{
 /// # use k8s_openapi::api::core::v1::ConfigMap;
 /// # async fn doc(client: kube::Client) {
 /// let provider = StaticApiProvider::<ConfigMap>::new(client.clone(), ["default"], CachingStrategy::Strict);
-/// let repo = K8sRepository::new(client, provider, "my-operator");
+/// let repo: K8sRepository<ConfigMap> = K8sRepository::new(client, provider, "my-operator");
 /// # }
 /// ```
 pub struct K8sRepository<R: Resource, P = StaticApiProvider<R>> {
