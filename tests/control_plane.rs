@@ -295,30 +295,10 @@ async fn drop_kills_and_reaps_processes_and_removes_the_folder() -> anyhow::Resu
     Ok(())
 }
 
-/// Not a test by itself: the child process of `killed_test_process_takes_its_control_plane_along`.
-#[tokio::test]
-#[ignore = "helper: run by killed_test_process_takes_its_control_plane_along"]
-async fn helper_hold_a_control_plane_until_killed() {
-    let env = TestEnv::start().await.expect("start");
-    println!(
-        "TESTENV {} {} {}",
-        env.etcd_pid(),
-        env.apiserver_pid(),
-        env.dir().display()
-    );
-    tokio::time::sleep(Duration::from_secs(120)).await;
-}
-
 #[tokio::test]
 async fn killed_test_process_takes_its_control_plane_along() -> anyhow::Result<()> {
     use std::io::BufRead;
-    let mut child = std::process::Command::new(std::env::current_exe()?)
-        .args([
-            "control_plane::helper_hold_a_control_plane_until_killed",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-        ])
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hold-testenv"))
         .stdout(std::process::Stdio::piped())
         .spawn()?;
     let stdout = child.stdout.take().expect("piped stdout");
