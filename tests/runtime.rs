@@ -374,3 +374,50 @@ impl kuberator::Reconciler<Widget> for OwnsReconciler {
         self.0.handle_reconciliation(object).await
     }
 }
+
+/// A related (not owned) object re-triggers the primaries a mapper names.
+#[tokio::test]
+async fn a_related_object_retriggers_the_primary_its_mapper_names() {
+    let env = env_with::<Widget>().await;
+    let record = Arc::new(Record::default());
+    let client = env.client();
+    let operator = Arc::new(TestOperator::<Widget>::new(client.clone(), record.clone()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(
+        kuberator::Operator::with_reconciler(client.clone(), OwnsReconciler(operator))
+            .watches::<ConfigMap, _, _>(|cm| {
+                let widget = cm.name_any().strip_suffix("-input")?.to_owned();
+                Some(kube::runtime::reflector::ObjectRef::new(&widget).within(&cm.namespace()?))
+            })
+            .shutdown_on(async move {
+                let _ = stopped.await;
+            })
+            .run(),
+    );
+    let api = api::<Widget>(client.clone());
+    api.create(
+        &PostParams::default(),
+        &Widget::build("listener", 1, Mode::Ok),
+    )
+    .await
+    .unwrap();
+    eventually("the first reconcile", || async {
+        (record.calls("listener") == 1).then_some(())
+    })
+    .await;
+    let inputs: Api<ConfigMap> = Api::namespaced(client, "default");
+    let input = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some("listener-input".into()),
+            ..Default::default()
+        },
+        ..ConfigMap::default()
+    };
+    inputs.create(&PostParams::default(), &input).await.unwrap();
+    eventually("a reconcile caused by the related ConfigMap", || async {
+        (record.calls("listener") >= 2).then_some(())
+    })
+    .await;
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}

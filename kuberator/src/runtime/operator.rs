@@ -204,6 +204,43 @@ impl<R: Object> Operator<R> {
         self
     }
 
+    /// Reconciles the primaries `mapper` names whenever a related `Other` object changes or is
+    /// deleted (e.g. a Secret several resources refer to). Watched in the same namespaces as the
+    /// primaries.
+    ///
+    /// ```no_run
+    /// # use kuberator::{Operator, Reconciler};
+    /// # use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    /// # use kube::{ResourceExt, runtime::reflector::ObjectRef};
+    /// # fn doc(operator: Operator<ConfigMap>) -> Operator<ConfigMap> {
+    /// // Each Secret `x-credentials` re-triggers the ConfigMap `x` next to it.
+    /// operator.watches::<Secret, _, _>(|secret| {
+    ///     let name = secret.name_any().strip_suffix("-credentials")?.to_owned();
+    ///     Some(ObjectRef::new(&name).within(&secret.namespace()?))
+    /// })
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn watches<Other, I, F>(mut self, mapper: F) -> Self
+    where
+        Other:
+            Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        Other::Scope: ApiScope,
+        F: Fn(Other) -> I + Clone + Send + Sync + 'static,
+        I: IntoIterator<Item = ObjectRef<R>> + 'static,
+        I::IntoIter: Send,
+    {
+        self.owns
+            .push(Box::new(move |controller, client, namespace| {
+                let api: Api<Other> = <Other::Scope as ApiScope>::api(client.clone(), namespace);
+                let related = watcher(api, watcher::Config::default())
+                    .default_backoff()
+                    .touched_objects();
+                controller.watches_stream(related, mapper.clone())
+            }));
+        self
+    }
+
     /// Stops gracefully when `signal` resolves: no new reconcile starts, in-flight ones finish,
     /// then [`run`](Operator::run) returns.
     #[must_use]
