@@ -1,6 +1,4 @@
-//! Kuberator: a framework for Kubernetes operators on top of kube-rs.
-//!
-//! (The guide lives here; see the README for the two commands.)
+#![doc = include_str!("docs/guide.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 extern crate self as kuberator;
@@ -12,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod finalize;
 pub mod handler;
+pub mod manifests;
 pub mod reconcile;
 pub mod repository;
 pub mod runtime;
