@@ -123,7 +123,7 @@ ensure() {
     say "building into $ASSETS with $(go version)"
     [ -x "$ASSETS/etcd" ] || { build_etcd; say "built $ASSETS/etcd"; }
     [ ${#missing[@]} -eq 0 ] || build_k8s "${missing[@]}"
-    say "control plane ready in $ASSETS ($(du -sh "$ASSETS" | cut -f1) binaries, $(du -sh "$CACHE" | cut -f1) with build cache)"
+    say "control plane ready in $ASSETS ($(du -sh "$ASSETS" | cut -f1) of binaries; Go's caches: $(go env GOMODCACHE), $(go env GOCACHE))"
   fi
   echo "$ASSETS"
 }
