@@ -16,6 +16,8 @@ demo: control-plane
 
 ## Every test: format, lints, docs, unit, doc, integration (real kube-apiserver) and trybuild.
 test: control-plane
+	@assets=$$(scripts/control-plane.sh path); \
+	  echo "== integration tests run against $$($$assets/kube-apiserver --version | sed 's/Kubernetes/kube-apiserver/') and etcd $$($$assets/etcd --version | sed -n 's/etcd Version: //p') from $$assets"
 	@echo "== cargo fmt --check"
 	$(CARGO) fmt --all -- --check
 	@echo "== cargo clippy (all targets, all features, -D warnings)"
