@@ -168,6 +168,22 @@ impl LeaderElection {
         }
     }
 
+    /// Election on the Lease `lease_name` in the operator's own namespace: `POD_NAMESPACE`, else
+    /// the in-cluster service account's namespace, else the client's default namespace.
+    pub fn in_operator_namespace(client: Client, lease_name: impl Into<String>) -> Self {
+        let namespace = operator_namespace(
+            std::env::var("POD_NAMESPACE").ok(),
+            std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE).ok(),
+            client.default_namespace(),
+        );
+        Self::new(client, namespace, lease_name)
+    }
+
+    /// The Lease's namespace.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
     /// This replica's identity in the Lease's `holderIdentity` (must be unique among replicas).
     #[must_use]
     pub fn identity(mut self, identity: impl Into<String>) -> Self {
@@ -727,6 +743,18 @@ impl<S: LeaseStore> Elector<S> {
     }
 }
 
+/// Where a pod finds its own namespace.
+const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+fn operator_namespace(env: Option<String>, file: Option<String>, client_default: &str) -> String {
+    [env, file]
+        .into_iter()
+        .flatten()
+        .map(|namespace| namespace.trim().to_owned())
+        .find(|namespace| !namespace.is_empty())
+        .unwrap_or_else(|| client_default.to_owned())
+}
+
 /// `POD_NAME`, else the hostname plus a random suffix (as controller-runtime).
 fn default_identity() -> String {
     if let Ok(pod) = std::env::var("POD_NAME")
@@ -1140,6 +1168,16 @@ mod tests {
         );
         assert_eq!(config(2_500, 1_000, 200).lease_seconds(), 3);
         assert_eq!(config(15_000, 1_000, 200).lease_seconds(), 15);
+    }
+
+    #[test]
+    fn the_operator_namespace_comes_from_the_pod_then_the_client() {
+        let pick = |env: Option<&str>, file: Option<&str>| {
+            operator_namespace(env.map(Into::into), file.map(Into::into), "default")
+        };
+        assert_eq!(pick(Some("ops"), Some("other\n")), "ops");
+        assert_eq!(pick(None, Some("operators\n")), "operators");
+        assert_eq!(pick(Some(""), None), "default");
     }
 
     #[test]
