@@ -10,3 +10,4 @@ mod events;
 mod operations;
 mod runtime;
 mod support;
+mod examples;

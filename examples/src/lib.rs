@@ -2,3 +2,11 @@
 
 pub mod demo;
 pub mod static_site;
+pub mod story;
+pub mod quickstart_macro;
+pub mod quickstart_manual;
+pub mod status;
+pub mod errors;
+pub mod events;
+pub mod caching;
+pub mod cluster_scoped;

@@ -1,0 +1,145 @@
+//! What the examples share: running an operator in the background of a story, and waiting for
+//! an object to reach a state (kube's `await_condition` with a timeout).
+
+use std::{fmt::Debug, future::Future, pin::Pin, time::Duration};
+
+use anyhow::{Context as _, anyhow};
+use kube::{
+    Api, Resource,
+    runtime::wait::{Condition, await_condition, conditions},
+};
+use serde::de::DeserializeOwned;
+use tokio::{sync::oneshot, task::JoinHandle};
+
+/// How long a story waits for the operator before giving up.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Resolves when the story asks the operator to stop: pass it to `Operator::shutdown_on` or
+/// `Reconcile::start`.
+pub type StopSignal = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
+
+/// An operator running on a background task until [`stop`](Background::stop).
+pub struct Background<T> {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<T>,
+}
+
+/// Starts `run` on a background task; it gets the signal that [`Background::stop`] fires.
+///
+/// ```no_run
+/// # async fn doc(operator: kuberator::Operator<k8s_openapi::api::core::v1::ConfigMap>) -> anyhow::Result<()> {
+/// let running = kuberator_examples::story::background(|stop| operator.shutdown_on(stop).run());
+/// // … the story …
+/// running.stop().await??;
+/// # Ok(()) }
+/// ```
+pub fn background<F, Fut>(run: F) -> Background<Fut::Output>
+where
+    F: FnOnce(StopSignal) -> Fut,
+    Fut: Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    let (stop, stopped) = oneshot::channel::<()>();
+    let signal: StopSignal = Box::pin(async move {
+        let _ = stopped.await;
+    });
+    Background {
+        stop,
+        task: tokio::spawn(run(signal)),
+    }
+}
+
+impl<T> Background<T> {
+    /// Signals shutdown and waits until in-flight reconciles finished and the loop returned.
+    ///
+    /// # Errors
+    /// When the loop does not stop within [`TIMEOUT`] or its task panicked.
+    pub async fn stop(self) -> anyhow::Result<T> {
+        let _ = self.stop.send(());
+        tokio::time::timeout(TIMEOUT, self.task)
+            .await
+            .context("the operator did not stop in time")?
+            .context("the operator's task failed")
+    }
+}
+
+/// Waits until object `name` satisfies `condition` (checked on every watch event) and returns it.
+///
+/// # Errors
+/// A timeout after [`TIMEOUT`] (naming `what`), a watch error, or the object being absent when
+/// the condition matched.
+pub async fn until<K>(
+    api: &Api<K>,
+    name: &str,
+    what: &str,
+    condition: impl Condition<K>,
+) -> anyhow::Result<K>
+where
+    K: Resource + Clone + Debug + DeserializeOwned + Send + 'static,
+{
+    tokio::time::timeout(TIMEOUT, await_condition(api.clone(), name, condition))
+        .await
+        .map_err(|_| anyhow!("timed out after {TIMEOUT:?} waiting for {what}"))?
+        .with_context(|| format!("waiting for {what}"))?
+        .ok_or_else(|| anyhow!("{name} is gone while waiting for {what}"))
+}
+
+/// Waits until object `name` (with this `uid`) is deleted.
+///
+/// # Errors
+/// A timeout after [`TIMEOUT`] or a watch error.
+pub async fn until_deleted<K>(api: &Api<K>, name: &str, uid: &str) -> anyhow::Result<()>
+where
+    K: Resource + Clone + Debug + DeserializeOwned + Send + 'static,
+{
+    tokio::time::timeout(
+        TIMEOUT,
+        await_condition(api.clone(), name, conditions::is_deleted(uid)),
+    )
+    .await
+    .map_err(|_| anyhow!("timed out after {TIMEOUT:?} waiting for {name} to be deleted"))?
+    .with_context(|| format!("waiting for {name} to be deleted"))?;
+    Ok(())
+}
+
+/// Runs `kubectl <args>` against `env` and returns its standard output.
+///
+/// # Errors
+/// When kubectl cannot be started or exits unsuccessfully (with its standard error).
+pub async fn kubectl(env: &kuberator::testing::TestEnv, args: &[&str]) -> anyhow::Result<String> {
+    let output = env
+        .kubectl()
+        .args(args)
+        .output()
+        .await
+        .context("starting kubectl")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "`kubectl {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Calls `check` every 200 ms until it returns `Some`, for up to [`TIMEOUT`].
+///
+/// # Errors
+/// A timeout (naming `what`).
+pub async fn poll<T, F, Fut>(what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let polling = async {
+        loop {
+            if let Some(value) = check().await {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(TIMEOUT, polling)
+        .await
+        .map_err(|_| anyhow!("timed out after {TIMEOUT:?} waiting for {what}"))
+}
