@@ -12,7 +12,11 @@ use std::{
 };
 
 use async_trait::async_trait;
-use k8s_openapi::api::{coordination::v1::Lease, core::v1::ConfigMap};
+use k8s_openapi::api::{
+    coordination::v1::Lease,
+    core::v1::{ConfigMap, ServiceAccount},
+    rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
+};
 use kube::{
     Api, Client, ResourceExt,
     api::{ObjectMeta, PostParams},
@@ -20,6 +24,8 @@ use kube::{
 };
 use kuberator::{
     Action, Operator, Reconciler,
+    events::EmitEvent,
+    manifests::{MissingPermissions, Rbac, RbacOptions, check_permissions, rbac_rules_for},
     runtime::{ControllerMetrics, HealthServer, LeaderElection, Leadership, Metrics, Readiness},
     testing::TestEnv,
 };
@@ -574,7 +580,7 @@ impl Reconciler<ConfigMap> for Counting {
 }
 
 /// A raw HTTP/1.1 GET; the status code and the body.
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
     tokio::task::spawn_blocking(move || {
         let mut stream = std::net::TcpStream::connect(addr).unwrap();
@@ -696,4 +702,187 @@ async fn metrics_and_readiness_after_a_known_workload() {
     syncing.abort();
     stop_server.send(()).unwrap();
     serving.await.unwrap().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generated RBAC, checked and used as a ServiceAccount.
+
+/// A client that impersonates `user` (the admin may impersonate anyone).
+fn client_as(env: &TestEnv, user: &str) -> Client {
+    let mut config = env.config().clone();
+    config.auth_info.impersonate = Some(user.to_owned());
+    Client::try_from(config).unwrap()
+}
+
+/// Creates the ServiceAccount, roles and bindings of `rbac` as the admin.
+async fn create_rbac(client: &Client, rbac: &Rbac) {
+    let post = PostParams::default();
+    let namespace = |meta: &ObjectMeta| meta.namespace.clone().unwrap();
+    if let Some(account) = rbac.service_account() {
+        Api::<ServiceAccount>::namespaced(client.clone(), &namespace(&account.metadata))
+            .create(&post, &account)
+            .await
+            .unwrap();
+    }
+    for role in rbac.cluster_roles() {
+        Api::<ClusterRole>::all(client.clone())
+            .create(&post, &role)
+            .await
+            .unwrap();
+    }
+    for role in rbac.roles() {
+        Api::<Role>::namespaced(client.clone(), &namespace(&role.metadata))
+            .create(&post, &role)
+            .await
+            .unwrap();
+    }
+    for binding in rbac.cluster_role_bindings() {
+        Api::<ClusterRoleBinding>::all(client.clone())
+            .create(&post, &binding)
+            .await
+            .unwrap();
+    }
+    for binding in rbac.role_bindings() {
+        Api::<RoleBinding>::namespaced(client.clone(), &namespace(&binding.metadata))
+            .create(&post, &binding)
+            .await
+            .unwrap();
+    }
+}
+
+fn missing(error: &kuberator::Error) -> Vec<String> {
+    error
+        .downcast_ref::<MissingPermissions>()
+        .unwrap_or_else(|| panic!("not a MissingPermissions error: {error}"))
+        .missing
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// A ServiceAccount bound to exactly the generated Roles passes the SelfSubjectAccessReview
+/// check; one verb removed from its Role, the check fails with a message naming it.
+#[tokio::test]
+async fn generated_roles_pass_the_permission_check_and_a_removed_verb_is_named() {
+    let env = env().await;
+    env.install_crd::<Widget>().await.unwrap();
+    let rbac = rbac_rules_for::<Widget>(
+        &RbacOptions::new("widget-operator")
+            .namespaces(["default"])
+            .finalizer(true)
+            .events(true)
+            .owns::<ConfigMap>()
+            .leader_election("default")
+            .service_account("default", "widget-operator"),
+    );
+    let operator = client_as(&env, &rbac.service_account.as_ref().unwrap().user_name());
+
+    // Nothing bound yet: every permission is missing, all named in one error.
+    let error = check_permissions(&operator, &rbac).await.unwrap_err();
+    assert_eq!(missing(&error).len(), rbac.permissions().len(), "{error}");
+
+    create_rbac(&env.client(), &rbac).await;
+    eventually("the generated RBAC to pass the check", || async {
+        check_permissions(&operator, &rbac).await.ok()
+    })
+    .await;
+
+    // Remove `patch` on widgets/status from the Role (its rule's only verb: the rule goes).
+    let roles: Api<Role> = Api::namespaced(env.client(), "default");
+    let mut role = roles.get("widget-operator").await.unwrap();
+    let rules = role.rules.as_mut().unwrap();
+    for rule in rules.iter_mut() {
+        if rule.resources.as_deref() == Some(&["widgets/status".to_owned()]) {
+            rule.verbs.retain(|verb| verb != "patch");
+        }
+    }
+    rules.retain(|rule| !rule.verbs.is_empty());
+    roles
+        .replace("widget-operator", &PostParams::default(), &role)
+        .await
+        .unwrap();
+    let error = eventually("the check to fail", || async {
+        check_permissions(&operator, &rbac).await.err()
+    })
+    .await;
+    assert_eq!(
+        missing(&error),
+        ["`patch` on `widgets.test.kuberator.dev/status` in namespace `default`"]
+    );
+    let message = error.to_string();
+    eprintln!("permission check error: {message}");
+    assert!(
+        message.contains("lacks 1 RBAC permission")
+            && message.contains("`patch` on `widgets.test.kuberator.dev/status`"),
+        "{message}"
+    );
+}
+
+/// The operator runs as a ServiceAccount bound to exactly the generated ClusterRole: the full
+/// apply (finalizer) → status → event → delete (cleanup) scenario passes.
+#[tokio::test]
+async fn operator_runs_as_a_service_account_bound_to_exactly_the_generated_cluster_role() {
+    let env = env().await;
+    env.install_crd::<Widget>().await.unwrap();
+    let rbac = rbac_rules_for::<Widget>(
+        &RbacOptions::new("widget-operator")
+            .finalizer(true)
+            .events(true)
+            .service_account("default", "widget-operator"),
+    );
+    create_rbac(&env.client(), &rbac).await;
+    let operator = client_as(&env, &rbac.service_account.as_ref().unwrap().user_name());
+    eventually("the generated RBAC to pass the check", || async {
+        check_permissions(&operator, &rbac).await.ok()
+    })
+    .await;
+    // Still least privilege: no Secrets, no other namespaces' Leases.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::all(operator.clone());
+    assert!(secrets.list(&Default::default()).await.is_err());
+
+    let record = Arc::new(Record::default());
+    let running = Running::start(
+        TestReconciler {
+            api: Api::all(operator.clone()),
+            operator: Arc::new(TestOperator::<Widget>::new(
+                operator.clone(),
+                record.clone(),
+            )),
+        },
+        2,
+    );
+    let widgets: Api<Widget> = Api::namespaced(env.client(), "default");
+    widgets
+        .create(&PostParams::default(), &Widget::build("w", 1, Mode::Ok))
+        .await
+        .unwrap();
+    let applied = eventually("status written as the ServiceAccount", || async {
+        let widget = widgets.get("w").await.ok()?;
+        let generation = widget.status.as_ref()?.observed_generation;
+        (generation == Some(1)).then_some(widget)
+    })
+    .await;
+    assert_eq!(applied.finalizers(), [FINALIZER.to_owned()]);
+
+    let recorder = kuberator::events::EventRecorder::new(operator.clone(), "widget-operator");
+    recorder
+        .try_emit(
+            &applied,
+            kuberator::events::EventData::normal("Applied", "Reconcile"),
+        )
+        .await
+        .unwrap();
+    recorder.flush().await.unwrap();
+
+    widgets.delete("w", &Default::default()).await.unwrap();
+    eventually("the widget gone after cleanup", || async {
+        widgets.get_opt("w").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert_eq!(record.cleanups(), 1);
+    assert_eq!(
+        record.errors_seen.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    running.stop().await;
 }
