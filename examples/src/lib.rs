@@ -10,3 +10,4 @@ pub mod errors;
 pub mod events;
 pub mod caching;
 pub mod cluster_scoped;
+pub mod bench;

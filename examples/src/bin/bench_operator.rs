@@ -1,0 +1,44 @@
+//! One benchmark implementation as its own process, so that its memory is its own:
+//! `bench_operator kuberator|raw|limit --kubeconfig PATH [--concurrency C]`. Runs until SIGTERM
+//! (the limit also stops when stdin closes), then prints `reconciles=<count>`.
+
+use anyhow::{anyhow, bail};
+use kuberator_examples::bench::{
+    DEFAULT_CONCURRENCY, RECONCILES_LINE, client_from_kubeconfig, kuberator_impl, limit, raw,
+};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut args = std::env::args().skip(1);
+    let implementation = args
+        .next()
+        .ok_or_else(|| anyhow!("usage: bench_operator kuberator|raw|limit --kubeconfig PATH"))?;
+    let mut kubeconfig = None;
+    let mut concurrency = DEFAULT_CONCURRENCY;
+    while let Some(arg) = args.next() {
+        let value = args
+            .next()
+            .ok_or_else(|| anyhow!("`{arg}` needs a value"))?;
+        match arg.as_str() {
+            "--kubeconfig" => kubeconfig = Some(value),
+            "--concurrency" => concurrency = value.parse()?,
+            _ => bail!("unknown argument `{arg}`"),
+        }
+    }
+    let kubeconfig = kubeconfig.ok_or_else(|| anyhow!("--kubeconfig is required"))?;
+    let client = client_from_kubeconfig(&kubeconfig).await?;
+    let reconciles = match implementation.as_str() {
+        "kuberator" => kuberator_impl::run(client, concurrency).await?,
+        "raw" => raw::run(client, concurrency).await?,
+        "limit" => limit::run(client, concurrency).await?,
+        other => bail!("unknown implementation `{other}` (kuberator, raw or limit)"),
+    };
+    println!("{RECONCILES_LINE}{reconciles}");
+    Ok(())
+}
