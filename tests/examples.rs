@@ -11,7 +11,8 @@ use kube::{Api, ResourceExt};
 use kuberator::{StatusError, conditions, testing::TestEnv};
 use kuberator_examples::{
     caching::{self, Found, Lookup},
-    cluster_scoped, errors, events, quickstart_macro, quickstart_manual, status,
+    cluster_scoped, crd_yaml, custom_repository, errors, events, quickstart_macro,
+    quickstart_manual, status,
 };
 
 use crate::support::init_tracing;
@@ -299,4 +300,76 @@ async fn a_cluster_scoped_resource_is_operated_by_the_macro() {
     let namespace = namespaces.get("tenant-acme").await.unwrap();
     assert!(namespace.metadata.deletion_timestamp.is_some());
     assert_eq!(namespace.owner_references()[0].kind, "Tenant");
+}
+
+#[tokio::test]
+async fn a_custom_repository_keeps_its_own_state() {
+    use custom_repository::{Invoice, NUMBER};
+
+    let env = env().await;
+    let outcome = within(custom_repository::run(&env)).await;
+
+    assert_eq!(
+        outcome.numbers,
+        [("april".to_owned(), 2), ("march".to_owned(), 1)].into()
+    );
+    assert_eq!(outcome.number_after_update, Some(1));
+    assert_eq!(outcome.voided, [1]);
+
+    let invoices: Api<Invoice> = Api::namespaced(env.client(), "default");
+    assert!(invoices.get_opt("march").await.unwrap().is_none());
+    let april = invoices.get("april").await.unwrap();
+    assert_eq!(april.annotations()[NUMBER], "2");
+    assert_eq!(april.status.as_ref().unwrap().number, Some(2));
+    assert_eq!(april.finalizers(), ["invoices.billing.kuberator.dev/void"]);
+}
+
+#[tokio::test]
+async fn the_crd_yaml_parses_back_and_installs() {
+    use kube::CustomResourceExt;
+    use kuberator_examples::static_site::StaticSite;
+
+    // The YAML is the CRD, field for field.
+    let yaml = crd_yaml::yaml().unwrap();
+    let parsed = crd_yaml::parse(&yaml).unwrap();
+    assert_eq!(
+        serde_json::to_value(&parsed).unwrap(),
+        serde_json::to_value(StaticSite::crd()).unwrap()
+    );
+
+    let env = env().await;
+    let outcome = within(crd_yaml::run(&env)).await;
+    assert_eq!(outcome.yaml, yaml);
+    assert!(
+        outcome.established.contains("condition met"),
+        "{}",
+        outcome.established
+    );
+    assert!(
+        outcome.api_resources.contains("staticsites"),
+        "{}",
+        outcome.api_resources
+    );
+
+    let crds: Api<CustomResourceDefinition> = Api::all(env.client());
+    let installed = crds.get("staticsites.demo.kuberator.dev").await.unwrap();
+    let version = &installed.spec.versions[0];
+    assert_eq!(
+        installed.spec.names.short_names,
+        Some(vec!["site".to_owned()])
+    );
+    assert_eq!(
+        version.additional_printer_columns.as_ref().map(Vec::len),
+        Some(5)
+    );
+    assert!(version.subresources.as_ref().unwrap().status.is_some());
+    let sites: Api<StaticSite> = Api::namespaced(env.client(), "default");
+    assert!(
+        sites
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
 }

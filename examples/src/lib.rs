@@ -11,3 +11,5 @@ pub mod events;
 pub mod caching;
 pub mod cluster_scoped;
 pub mod bench;
+pub mod custom_repository;
+pub mod crd_yaml;

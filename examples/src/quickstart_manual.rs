@@ -5,7 +5,7 @@
 //! [`Reconcile`] (where to watch).
 //!
 //! Use this form when you want to replace one piece, e.g. your own repository (see
-//! `custom_repository`) or your own `error_policy`.
+//! [`custom_repository`](crate::custom_repository)) or your own `error_policy`.
 //!
 //! Against the local control plane (a fresh etcd + kube-apiserver, gone at exit):
 //!
