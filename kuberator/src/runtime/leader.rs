@@ -579,6 +579,11 @@ impl<S: LeaseStore> Elector<S> {
             let next = match attempt {
                 Ok(Attempt::Held(sent_at)) => return Some(sent_at),
                 Ok(Attempt::Busy(expires)) => retry.min(expires),
+                Err(StoreError::Conflict) => {
+                    // Another replica wrote first: normal when standbys race.
+                    tracing::debug!(lease = %self.config.name, "lost a race for the Lease");
+                    retry
+                }
                 Err(error) => {
                     tracing::warn!(lease = %self.config.name, %error, "cannot acquire the Lease");
                     retry
