@@ -17,9 +17,12 @@
 
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::{StreamExt, TryStreamExt, stream::BoxStream};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::{api::PostParams, runtime::watcher::watch_object};
+use kube::{
+    api::PostParams,
+    runtime::watcher::{self, watch_object},
+};
 use kuberator::{
     conditions::{self, READY, STALLED},
     prelude::*,
@@ -135,7 +138,9 @@ pub async fn run(env: &TestEnv) -> anyhow::Result<Outcome> {
 async fn tell(env: &TestEnv) -> anyhow::Result<Outcome> {
     let databases: Api<Database> = Api::namespaced(env.client(), "default");
     println!("1. create database/orders with 3 replicas, and watch its Ready condition");
-    let watching = tokio::spawn(ready_changes(databases.clone()));
+    let mut changes = watch_object(databases.clone(), "orders").boxed();
+    changes.try_next().await?; // the initial list, without `orders`: watching from here on
+    let watching = tokio::spawn(ready_changes(changes));
     let orders = Database::new("orders", DatabaseSpec { replicas: 3 });
     databases.create(&PostParams::default(), &orders).await?;
     let ready = kubectl_wait(env, &databases, READY).await?;
@@ -144,7 +149,7 @@ async fn tell(env: &TestEnv) -> anyhow::Result<Outcome> {
         println!("   Ready: {line}");
     }
 
-    println!("2. scale to 5 (generation 2); kubectl wait ignores the Ready of generation 1");
+    println!("2. scale to 5 (generation 2): kubectl wait wants Ready for generation 2");
     let scale =
         |replicas: i32| Patch::Merge(serde_json::json!({ "spec": { "replicas": replicas } }));
     databases
@@ -191,9 +196,10 @@ async fn kubectl_wait(
 
 /// The distinct states of `orders`' `Ready` condition, as a client watching it sees them, until
 /// it is `True`.
-async fn ready_changes(databases: Api<Database>) -> anyhow::Result<Vec<String>> {
+async fn ready_changes(
+    mut changes: BoxStream<'static, watcher::Result<Option<Database>>>,
+) -> anyhow::Result<Vec<String>> {
     let mut seen: Vec<String> = Vec::new();
-    let mut changes = watch_object(databases, "orders").boxed();
     let watch = async {
         while let Some(db) = changes.try_next().await? {
             let Some(ready) = db
