@@ -306,6 +306,19 @@ pub struct RunResult {
     pub memory: Memory,
     /// Requests the API server counted during the run (the driver's creates included).
     pub requests: RequestCounts,
+    /// CPU seconds: the operator's, the API server's and etcd's, during the run.
+    pub cpu: Cpu,
+}
+
+/// CPU seconds spent during a run, by process.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu {
+    /// The implementation's process (start-up included).
+    pub operator: f64,
+    /// kube-apiserver.
+    pub apiserver: f64,
+    /// etcd.
+    pub etcd: f64,
 }
 
 impl RunResult {
@@ -499,12 +512,25 @@ impl Bench {
         let mut observed = self.observer.track(&prefix);
         eprintln!("[bench] {}: {n} objects …", implementation.name());
         let before = self.requests().await?;
+        let server_cpu = |env: &TestEnv| -> anyhow::Result<(f64, f64)> {
+            Ok((
+                proc::cpu_seconds(env.apiserver_pid())?,
+                proc::cpu_seconds(env.etcd_pid())?,
+            ))
+        };
+        let (apiserver_before, etcd_before) = server_cpu(&self.env)?;
         let mut operator = self.spawn(implementation).await?;
         let start = Instant::now();
         let sent = self.create(&names, operator.stdin.as_mut()).await?;
         let timeout = Duration::from_secs(60) + Duration::from_millis(40) * n as u32;
         let waited = tokio::time::timeout(timeout, observed.wait_for(|seen| *seen >= n)).await;
         let memory = proc::memory(operator.pid)?;
+        let (apiserver_after, etcd_after) = server_cpu(&self.env)?;
+        let cpu = Cpu {
+            operator: proc::cpu_seconds(operator.pid)?,
+            apiserver: apiserver_after - apiserver_before,
+            etcd: etcd_after - etcd_before,
+        };
         let seen = self.observer.take();
         if waited.is_err() {
             operator.stop().await?;
@@ -531,6 +557,7 @@ impl Bench {
             reconciles,
             memory,
             requests: after.since(&before),
+            cpu,
         })
     }
 
@@ -868,7 +895,7 @@ pub fn throughput_table(n: usize, results: &[RunResult]) -> String {
     let find = |i: Impl| results.iter().find(|r| r.implementation == i);
     let (k, raw, limit) = (find(Impl::Kuberator), find(Impl::Raw), find(Impl::Limit));
     type Metric = (&'static str, fn(&RunResult) -> f64, fn(f64) -> String);
-    let metrics: [Metric; 8] = [
+    let metrics: [Metric; 11] = [
         (
             "wall time (s)",
             |r| r.wall.as_secs_f64(),
@@ -905,6 +932,21 @@ pub fn throughput_table(n: usize, results: &[RunResult]) -> String {
         ("API writes (operator)", RunResult::operator_writes, |v| {
             format!("{v:.0}")
         }),
+        (
+            "operator CPU (ms/object)",
+            |r| r.cpu.operator * 1000.0 / r.n as f64,
+            |v| format!("{v:.2}"),
+        ),
+        (
+            "apiserver CPU (ms/object)",
+            |r| r.cpu.apiserver * 1000.0 / r.n as f64,
+            |v| format!("{v:.2}"),
+        ),
+        (
+            "etcd CPU (ms/object)",
+            |r| r.cpu.etcd * 1000.0 / r.n as f64,
+            |v| format!("{v:.2}"),
+        ),
     ];
     let cell = |r: Option<&RunResult>, f: fn(&RunResult) -> f64, show: fn(f64) -> String| {
         r.map_or_else(|| "-".into(), |r| show(f(r)))

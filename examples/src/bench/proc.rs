@@ -32,11 +32,38 @@ pub fn memory(pid: u32) -> anyhow::Result<Memory> {
     })
 }
 
+/// CPU time (user + system) `pid` has used so far, in seconds.
+///
+/// # Errors
+/// The process is gone or `/proc/<pid>/stat` is malformed.
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces), from field 3 (`state`) on.
+    let (_, rest) = stat
+        .rsplit_once(')')
+        .ok_or_else(|| anyhow::anyhow!("malformed /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(i)
+            .ok_or_else(|| anyhow::anyhow!("short /proc/{pid}/stat"))?
+            .parse::<f64>()?)
+    };
+    // utime is field 14, stime field 15; USER_HZ is 100 on Linux.
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn reads_this_process() {
         let memory = super::memory(std::process::id()).unwrap();
         assert!(memory.rss_kib > 0 && memory.hwm_kib >= memory.rss_kib);
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        assert!(x != 1);
+        assert!(super::cpu_seconds(std::process::id()).unwrap() >= 0.0);
     }
 }
