@@ -365,7 +365,7 @@ async fn deleting_an_owned_child_recreates_it() {
 }
 
 /// Drives a `Context` directly through `Operator` (the builder a `Reconcile` uses underneath).
-struct OwnsReconciler(Arc<TestOperator<Widget>>);
+pub struct OwnsReconciler(pub Arc<TestOperator<Widget>>);
 
 #[async_trait::async_trait]
 impl kuberator::Reconciler<Widget> for OwnsReconciler {
@@ -420,4 +420,36 @@ async fn a_related_object_retriggers_the_primary_its_mapper_names() {
     .await;
     let _ = stop.send(());
     task.await.unwrap().unwrap();
+}
+
+/// Objects that exist before the operator starts come from the initial list and are reconciled
+/// once each.
+#[tokio::test]
+async fn objects_created_before_start_are_reconciled() {
+    let env = env_with::<Widget>().await;
+    let api = api::<Widget>(env.client());
+    for i in 0..3 {
+        api.create(
+            &PostParams::default(),
+            &Widget::build(&format!("early{i}"), i, Mode::Ok),
+        )
+        .await
+        .unwrap();
+    }
+    let record = Arc::new(Record::default());
+    let running = start::<Widget>(&env, &record, 2);
+    eventually("the early objects reconciled", || async {
+        (record.applies() == 3).then_some(())
+    })
+    .await;
+    for i in 0..3 {
+        let status = api
+            .get(&format!("early{i}"))
+            .await
+            .unwrap()
+            .status()
+            .cloned();
+        assert_eq!(status.and_then(|s| s.applied_value), Some(i));
+    }
+    running.stop().await;
 }

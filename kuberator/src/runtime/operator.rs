@@ -1,7 +1,10 @@
 //! `Operator`: the controller loop — watch, reconcile with bounded concurrency, per-object
 //! backoff, panic guard, graceful shutdown.
 
-use std::{fmt::Debug, future::Future, panic::AssertUnwindSafe, pin::Pin, sync::Arc};
+use std::{
+    fmt::Debug, future::Future, net::SocketAddr, panic::AssertUnwindSafe, pin::Pin, sync::Arc,
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt, future::Shared, stream::SelectAll};
@@ -21,6 +24,9 @@ use tokio::sync::Semaphore;
 
 use super::{
     backoff::{Backoff, FailureCounts},
+    health::{HealthServer, Readiness},
+    leader::{LeaderElection, Leadership},
+    metrics::{ControllerMetrics, Metrics},
     shutdown::shutdown_signal,
     watch::typed_watch,
 };
@@ -28,6 +34,7 @@ use crate::{
     cache::ApiScope,
     error::{Error, ObjectKey, Result, RetryPolicy},
     finalize::Object,
+    manifests::{Rbac, check_permissions},
 };
 
 /// What the controller loop drives: one reconcile, what to do after an error, and the retry.
@@ -105,6 +112,10 @@ pub struct Operator<R: Object> {
     backoff: Backoff,
     owns: Vec<OwnsFn<R>>,
     shutdown: Option<BoxedShutdown>,
+    metrics: Option<Metrics>,
+    health: Option<SocketAddr>,
+    leader_election: Option<LeaderElection>,
+    permissions: Option<Rbac>,
 }
 
 impl<R: Object> Operator<R>
@@ -125,6 +136,10 @@ where
             backoff: Backoff::default(),
             owns: Vec::new(),
             shutdown: None,
+            metrics: None,
+            health: None,
+            leader_election: None,
+            permissions: None,
         }
     }
 }
@@ -250,6 +265,41 @@ impl<R: Object> Operator<R> {
         self
     }
 
+    /// Records controller-runtime's metrics (`controller_runtime_reconcile_total` …) in
+    /// `metrics`; serve them with [`health`](Operator::health) or encode them yourself.
+    #[must_use]
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` (ready once every watch has listed
+    /// its objects, leader or warm standby). Uses the operator's [`metrics`](Operator::metrics),
+    /// or fresh ones.
+    #[must_use]
+    pub fn health(mut self, addr: SocketAddr) -> Self {
+        self.health = Some(addr);
+        self
+    }
+
+    /// Reconciles only while holding `election`'s Lease. Standbys keep their watches warm and
+    /// take over at once when the leader releases the Lease (on shutdown) or within the lease
+    /// duration when it dies. A leader that cannot renew stops reconciling before its Lease can
+    /// expire.
+    #[must_use]
+    pub fn leader_election(mut self, election: LeaderElection) -> Self {
+        self.leader_election = Some(election);
+        self
+    }
+
+    /// Checks at start-up (SelfSubjectAccessReview) that the operator holds every permission of
+    /// `rbac`; [`run`](Operator::run) fails with one error naming each missing one.
+    #[must_use]
+    pub fn check_permissions(mut self, rbac: Rbac) -> Self {
+        self.permissions = Some(rbac);
+        self
+    }
+
     /// Stops gracefully on SIGTERM or SIGINT.
     #[must_use]
     pub fn shutdown_on_signal(self) -> Self {
@@ -262,17 +312,73 @@ impl<R: Object> Operator<R> {
     /// retried with backoff. A panicking handler is caught and treated as an error.
     ///
     /// # Errors
-    /// None today; the `Result` leaves room for start-up checks.
+    /// Missing permissions (with [`check_permissions`](Operator::check_permissions)), a health
+    /// address that cannot be bound, inconsistent leader-election timing.
     ///
     /// # Access control
-    /// `list` and `watch` on the resource (and `list`, `watch` on owned kinds).
+    /// `list` and `watch` on the resource (and on owned and related kinds); `patch` on it and its
+    /// status for the finalizer and status writes; leases with leader election.
     pub async fn run(self) -> Result<()> {
+        let name = self.name;
+        if let Some(rbac) = &self.permissions {
+            check_permissions(&self.client, rbac).await?;
+        }
+        let metrics = match (&self.metrics, self.health) {
+            (Some(metrics), _) => Some(metrics.clone()),
+            (None, Some(_)) => Some(Metrics::new()),
+            (None, None) => None,
+        };
+        let controller_metrics = metrics.as_ref().map(|m| {
+            let cm = m.controller(name.clone());
+            cm.set_max_concurrent_reconciles(self.concurrency);
+            cm
+        });
+        let leadership = match self.leader_election {
+            Some(election) => {
+                let election = match &metrics {
+                    Some(m) => election.metrics(m.clone()),
+                    None => election,
+                };
+                Some(Arc::new(election.start()?))
+            }
+            None => None,
+        };
+        // When the user's signal fires, standbys waiting for leadership give up too.
+        let shutdown: Option<BoxedShutdown> = self.shutdown.map(|signal| {
+            let leadership = leadership.clone();
+            let wrapped: Pin<Box<dyn Future<Output = ()> + Send + Sync>> = Box::pin(async move {
+                signal.await;
+                if let Some(leadership) = &leadership {
+                    leadership.shutdown();
+                }
+            });
+            wrapped.shared()
+        });
+        let readiness = Readiness::new();
+        if let Some(addr) = self.health {
+            let server = HealthServer::bind(addr, metrics.clone(), readiness.clone()).await?;
+            tracing::info!(controller = %name, addr = %server.local_addr(), "serving /metrics, /healthz, /readyz");
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let stop = async move {
+                    match stop {
+                        Some(stop) => stop.await,
+                        None => std::future::pending().await,
+                    }
+                };
+                if let Err(error) = server.serve(stop).await {
+                    tracing::error!(%error, "health server failed");
+                }
+            });
+        }
         let shared = Arc::new(LoopState {
             reconciler: self.reconciler,
             failures: FailureCounts::new(),
             backoff: self.backoff,
             permits: Arc::new(Semaphore::new(usize::from(self.concurrency))),
             kind: R::kind(&()).into_owned(),
+            metrics: controller_metrics,
+            leadership: leadership.clone(),
         });
         let scopes: Vec<Option<String>> = if self.namespaces.is_empty() {
             vec![None]
@@ -280,12 +386,24 @@ impl<R: Object> Operator<R> {
             self.namespaces.iter().cloned().map(Some).collect()
         };
         let mut loops = SelectAll::new();
+        // Ready once every scope has listed its objects (a warm cache, leader or standby).
+        let unlisted = Arc::new(std::sync::atomic::AtomicUsize::new(scopes.len()));
         for scope in &scopes {
             let (reader, writer) = reflector::store::<R>();
+            let listed_once = std::sync::atomic::AtomicBool::new(false);
+            let (unlisted, readiness) = (unlisted.clone(), readiness.clone());
+            let on_listed = move || {
+                use std::sync::atomic::Ordering::SeqCst;
+                if !listed_once.swap(true, SeqCst) && unlisted.fetch_sub(1, SeqCst) == 1 {
+                    tracing::debug!("initial lists synced: ready");
+                    readiness.set_ready(true);
+                }
+            };
             let watch = typed_watch::<R>(
                 self.client.clone(),
                 scope.as_deref(),
                 self.watcher_config.clone(),
+                on_listed,
             )
             .reflect(writer)
             .applied_objects();
@@ -301,7 +419,7 @@ impl<R: Object> Operator<R> {
             for owns in &self.owns {
                 controller = owns(controller, &self.client, scope.as_deref());
             }
-            if let Some(shutdown) = &self.shutdown {
+            if let Some(shutdown) = &shutdown {
                 controller = controller.graceful_shutdown_on(shutdown.clone());
             }
             loops.push(
@@ -310,7 +428,6 @@ impl<R: Object> Operator<R> {
                     .boxed(),
             );
         }
-        let name = self.name;
         tracing::info!(controller = %name, scopes = ?scopes, concurrency = self.concurrency, "controller started");
         while let Some(result) = loops.next().await {
             match result {
@@ -318,7 +435,8 @@ impl<R: Object> Operator<R> {
                     tracing::debug!(controller = %name, object = %object, ?action, "reconciled");
                 }
                 Err(kube::runtime::controller::Error::ReconcilerFailed(error, object)) => {
-                    tracing::warn!(controller = %name, object = %object, error = %error, "reconcile failed");
+                    // Logged with its context where it happened; this is the controller's echo.
+                    tracing::debug!(controller = %name, object = %object, error = %error, "reconcile failed");
                 }
                 Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
                     tracing::debug!(controller = %name, object = %object, "object gone before its reconcile");
@@ -329,6 +447,9 @@ impl<R: Object> Operator<R> {
             }
         }
         shared.reconciler.shutdown().await;
+        if let Some(leadership) = &leadership {
+            leadership.release().await;
+        }
         tracing::info!(controller = %name, "controller stopped");
         Ok(())
     }
@@ -350,11 +471,31 @@ struct LoopState<R: Object> {
     backoff: Backoff,
     permits: Arc<Semaphore>,
     kind: String,
+    metrics: Option<ControllerMetrics>,
+    leadership: Option<Arc<Leadership>>,
 }
 
 async fn reconcile<R: Object>(object: Arc<R>, shared: Arc<LoopState<R>>) -> Result<Action> {
+    match shared.leadership.clone() {
+        // A standby parks here with a warm cache and runs the moment it leads; a leader that
+        // loses the Lease drops the reconcile at its next await.
+        Some(leadership) => leadership
+            .while_leader(reconcile_counted(object, shared))
+            .await
+            .unwrap_or_else(|| Ok(Action::requeue(Duration::from_secs(1)))),
+        None => reconcile_counted(object, shared).await,
+    }
+}
+
+async fn reconcile_counted<R: Object>(object: Arc<R>, shared: Arc<LoopState<R>>) -> Result<Action> {
     // The controller bounds concurrency per scope; the semaphore bounds it across scopes.
+    let queued = shared.metrics.as_ref().map(ControllerMetrics::queued);
     let _permit = shared.permits.clone().acquire_owned().await;
+    drop(queued);
+    let timer = shared
+        .metrics
+        .as_ref()
+        .map(ControllerMetrics::reconcile_started);
     let key = ObjectRef::from_obj(object.as_ref());
     let span = tracing::info_span!("reconcile", kind = %shared.kind, object = %display_ref(object.as_ref()));
     let result = AssertUnwindSafe(shared.reconciler.reconcile(object.clone()))
@@ -384,6 +525,9 @@ async fn reconcile<R: Object>(object: Arc<R>, shared: Arc<LoopState<R>>) -> Resu
                 tracing::error!(object = %display_ref(object.as_ref()), "error handler panicked");
             }
         }
+    }
+    if let Some(timer) = timer {
+        timer.finish(&result);
     }
     result
 }

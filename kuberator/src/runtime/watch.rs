@@ -12,10 +12,12 @@ use crate::finalize::Object;
 
 /// Watches `R` in `namespace` (or everywhere) as untyped objects and decodes each one into `R`.
 /// Objects that do not decode are logged with their name and the serde error and left out.
+/// `on_listed` is called after each complete (re)list.
 pub(crate) fn typed_watch<R: Object>(
     client: Client,
     namespace: Option<&str>,
     config: watcher::Config,
+    on_listed: impl Fn() + Send + 'static,
 ) -> impl Stream<Item = Result<watcher::Event<R>, watcher::Error>> + Send + 'static {
     let resource = ApiResource::erase::<R>(&());
     let api: Api<DynamicObject> = match namespace {
@@ -24,7 +26,12 @@ pub(crate) fn typed_watch<R: Object>(
     };
     watcher(api, config)
         .default_backoff()
-        .map_ok(|event| decode_event::<R>(event))
+        .map_ok(move |event| {
+            if matches!(event, watcher::Event::InitDone) {
+                on_listed();
+            }
+            decode_event::<R>(event)
+        })
         .try_filter_map(|event| futures::future::ready(Ok(event)))
 }
 
