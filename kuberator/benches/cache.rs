@@ -41,7 +41,7 @@ fn lookups(c: &mut Criterion) {
     let client = client();
 
     let mut group = c.benchmark_group("api_lookup");
-    for namespaces in [2, 20] {
+    for namespaces in [1, 2, 20] {
         // The last pre-cached namespace: the worst case of the linear scan (≤ 8) or a hash
         // lookup (more).
         let hit = format!("ns{}", namespaces - 1);

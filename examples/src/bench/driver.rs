@@ -79,6 +79,8 @@ pub struct Options {
     pub impls: Vec<Impl>,
     /// Reconciles at once in every implementation; also the driver's create concurrency.
     pub concurrency: u16,
+    /// Runs per implementation and N (the table shows the median by rate).
+    pub rounds: usize,
     /// Cached objects of the memory comparison (0: skipped).
     pub memory_objects: usize,
     /// Emits of the event storm (0: skipped).
@@ -93,6 +95,7 @@ impl Default for Options {
             counts: vec![200, 1000, 5000],
             impls: Impl::ALL.to_vec(),
             concurrency: DEFAULT_CONCURRENCY,
+            rounds: 1,
             memory_objects: 10_000,
             storm_emits: 10_000,
             operator_bin: None,
@@ -115,12 +118,14 @@ impl Options {
 /// The usage text.
 pub const USAGE: &str = "\
 usage: bench [--quick] [--n 200,1000,5000] [--impls kuberator,raw,limit] [--concurrency 8]
+             [--rounds 1]
              [--memory-objects 10000] [--storm-emits 10000] [--operator-bin PATH]
 
   --quick            N=200, 1000 objects for memory, 2000 storm emits (a smoke run)
   --n LIST           object counts of the throughput runs (0 or empty: none)
   --impls LIST       implementations of the throughput runs
   --concurrency C    reconciles at once in every implementation (default 8)
+  --rounds R         runs per implementation and N, order rotated; the median is shown
   --memory-objects M objects for the RSS comparison (0: skip)
   --storm-emits E    identical emits of the event storm (0: skip)
   --operator-bin P   the bench_operator binary (default: built with cargo, next to this one)";
@@ -173,6 +178,7 @@ pub fn parse_args(args: &[String]) -> anyhow::Result<Options> {
                     .collect::<anyhow::Result<_>>()?;
             }
             "--concurrency" => options.concurrency = value.parse::<u16>()?.max(1),
+            "--rounds" => options.rounds = value.parse::<usize>()?.max(1),
             "--memory-objects" => options.memory_objects = value.parse()?,
             "--storm-emits" => options.storm_emits = value.parse()?,
             "--operator-bin" => options.operator_bin = Some(value.into()),
@@ -212,19 +218,22 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         bench.throughput(Impl::Limit, 100, "warmup").await?;
     }
     let mut summary = Vec::new();
-    for (round, &n) in options.counts.iter().enumerate() {
-        let mut results = Vec::new();
-        // Rotate the order so that no implementation always runs first on a fresh server.
-        let mut order = options.impls.clone();
-        let len = order.len().max(1);
-        order.rotate_left(round % len);
-        for implementation in order {
-            let result = bench
-                .throughput(implementation, n, &format!("r{round}"))
-                .await?;
-            results.push(result);
+    for (index, &n) in options.counts.iter().enumerate() {
+        let mut runs: Vec<RunResult> = Vec::new();
+        for round in 0..options.rounds {
+            // Rotate the order so that no implementation always runs first, or always right
+            // after the same one, while other load on the machine comes and goes.
+            let mut order = options.impls.clone();
+            let len = order.len().max(1);
+            order.rotate_left((index + round) % len);
+            for implementation in order {
+                let result = bench
+                    .throughput(implementation, n, &format!("r{index}x{round}"))
+                    .await?;
+                runs.push(result);
+            }
         }
-        results.sort_by_key(|r| options.impls.iter().position(|i| *i == r.implementation));
+        let results = medians(&options.impls, runs, options.rounds);
         println!("{}", throughput_table(n, &results));
         summary.push((n, results));
     }
@@ -347,6 +356,31 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Per implementation, the run with the median rate (and the rates of all rounds, printed).
+fn medians(impls: &[Impl], runs: Vec<RunResult>, rounds: usize) -> Vec<RunResult> {
+    let mut results = Vec::new();
+    for implementation in impls {
+        let mut mine: Vec<RunResult> = runs
+            .iter()
+            .filter(|r| r.implementation == *implementation)
+            .cloned()
+            .collect();
+        mine.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+        if rounds > 1 {
+            let rates: Vec<String> = mine.iter().map(|r| format!("{:.0}", r.rate())).collect();
+            eprintln!(
+                "[bench] {} objects/s over {rounds} rounds: {} (median shown)",
+                implementation.name(),
+                rates.join(", ")
+            );
+        }
+        if !mine.is_empty() {
+            results.push(mine.swap_remove(mine.len() / 2));
+        }
+    }
+    results
 }
 
 /// A started `bench_operator` child.
