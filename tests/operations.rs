@@ -20,7 +20,6 @@ use k8s_openapi::api::{
 use kube::{
     Api, Client, ResourceExt,
     api::{ObjectMeta, PostParams},
-    config::{KubeConfigOptions, Kubeconfig},
 };
 use kuberator::{
     Action, Operator, Reconciler,
@@ -174,116 +173,14 @@ async fn release_hands_over_in_under_three_seconds() {
 // ---------------------------------------------------------------------------------------------
 // Two replica processes.
 //
-// The replica is this test binary itself, re-run with `replica_process` as the only test and its
-// settings in the environment: no separate binary to build, and the test always runs the code it
-// was compiled with.
-
-const REPLICA_LABEL: &str = "kuberator-test=replica";
-const REPLICA_LEASE: &str = "replica-test";
-/// How long each replica reconcile takes: long enough to be caught in the act.
-const REPLICA_WORK: Duration = Duration::from_millis(300);
+// The replica is the `replica` binary of this package (`tests/bin/replica.rs`): an `Operator`
+// with leader election wired in, printing its reconciles with timestamps.
 
 fn unix_nanos() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_nanos()
-}
-
-/// Reconciles ConfigMaps only as the leader, logging each reconcile with timestamps.
-struct ReplicaReconciler {
-    leadership: Arc<Leadership>,
-}
-
-#[async_trait]
-impl Reconciler<ConfigMap> for ReplicaReconciler {
-    async fn reconcile(&self, object: Arc<ConfigMap>) -> kuberator::Result<Action> {
-        let name = object.name_any();
-        let mut started = false;
-        let done = self
-            .leadership
-            .while_leader(async {
-                started = true;
-                println!("reconcile start {name} {}", unix_nanos());
-                tokio::time::sleep(REPLICA_WORK).await;
-                println!("reconcile end {name} {}", unix_nanos());
-            })
-            .await;
-        match done {
-            Some(()) => Ok(Action::await_change()),
-            None => {
-                if started {
-                    println!("reconcile cancelled {name} {}", unix_nanos());
-                }
-                // Retried when (if) this replica leads again.
-                Ok(Action::requeue(Duration::from_secs(1)))
-            }
-        }
-    }
-}
-
-/// The replica process (run by `two_replica_processes_…`; does nothing when run directly).
-#[tokio::test]
-#[ignore = "the replica process of two_replica_processes_never_reconcile_at_the_same_time"]
-async fn replica_process() {
-    let (Ok(kubeconfig), Ok(identity)) = (
-        std::env::var("KUBERATOR_REPLICA_KUBECONFIG"),
-        std::env::var("KUBERATOR_REPLICA_IDENTITY"),
-    ) else {
-        return;
-    };
-    // Exit when the test that started us goes away (stdin closes), whatever happened to it.
-    std::thread::spawn(|| {
-        let _ = std::io::stdin().read_to_end(&mut Vec::new());
-        std::process::exit(3);
-    });
-    let kubeconfig = Kubeconfig::read_from(kubeconfig).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    let client = Client::try_from(config).unwrap();
-    let leadership = Arc::new(
-        LeaderElection::new(client.clone(), "default", REPLICA_LEASE)
-            .identity(identity)
-            .start()
-            .unwrap(),
-    );
-    let mut state = leadership.subscribe();
-    tokio::spawn(async move {
-        loop {
-            let leader = *state.borrow_and_update();
-            println!("leader {leader} {}", unix_nanos());
-            if state.changed().await.is_err() {
-                return;
-            }
-        }
-    });
-    let (stop, stopped) = oneshot::channel::<()>();
-    let on_signal = leadership.clone();
-    tokio::spawn(async move {
-        kuberator::shutdown_signal().await;
-        println!("signal {}", unix_nanos());
-        // Standbys stop waiting; the leader finishes its in-flight reconciles.
-        on_signal.shutdown();
-        let _ = stop.send(());
-    });
-    Operator::with_reconciler(
-        client,
-        ReplicaReconciler {
-            leadership: leadership.clone(),
-        },
-    )
-    .namespaces(["default"])
-    .label_selector(REPLICA_LABEL)
-    .concurrency(4)
-    .shutdown_on(async move {
-        let _ = stopped.await;
-    })
-    .run()
-    .await
-    .unwrap();
-    leadership.release().await;
-    println!("exited {}", unix_nanos());
 }
 
 /// A running replica process and its output lines.
@@ -296,13 +193,7 @@ struct Replica {
 
 impl Replica {
     fn spawn(name: &'static str, env: &TestEnv) -> Replica {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "operations::replica_process",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-            ])
+        let mut child = Command::new(env!("CARGO_BIN_EXE_replica"))
             .env("KUBERATOR_REPLICA_KUBECONFIG", env.kubeconfig_path())
             .env("KUBERATOR_REPLICA_IDENTITY", name)
             .env("RUST_LOG", "kuberator=info")

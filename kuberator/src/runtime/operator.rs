@@ -115,6 +115,7 @@ pub struct Operator<R: Object> {
     metrics: Option<Metrics>,
     health: Option<SocketAddr>,
     leader_election: Option<LeaderElection>,
+    leadership: Option<Arc<Leadership>>,
     permissions: Option<Rbac>,
 }
 
@@ -139,6 +140,7 @@ where
             metrics: None,
             health: None,
             leader_election: None,
+            leadership: None,
             permissions: None,
         }
     }
@@ -292,6 +294,15 @@ impl<R: Object> Operator<R> {
         self
     }
 
+    /// Like [`leader_election`](Operator::leader_election), with an election you started
+    /// yourself (to watch [`Leadership::subscribe`] or share it). The operator releases it when
+    /// the loop stops.
+    #[must_use]
+    pub fn with_leadership(mut self, leadership: Arc<Leadership>) -> Self {
+        self.leadership = Some(leadership);
+        self
+    }
+
     /// Checks at start-up (SelfSubjectAccessReview) that the operator holds every permission of
     /// `rbac`; [`run`](Operator::run) fails with one error naming each missing one.
     #[must_use]
@@ -333,15 +344,16 @@ impl<R: Object> Operator<R> {
             cm.set_max_concurrent_reconciles(self.concurrency);
             cm
         });
-        let leadership = match self.leader_election {
-            Some(election) => {
+        let leadership = match (self.leadership, self.leader_election) {
+            (Some(leadership), _) => Some(leadership),
+            (None, Some(election)) => {
                 let election = match &metrics {
                     Some(m) => election.metrics(m.clone()),
                     None => election,
                 };
                 Some(Arc::new(election.start()?))
             }
-            None => None,
+            (None, None) => None,
         };
         // When the user's signal fires, standbys waiting for leadership give up too.
         let shutdown: Option<BoxedShutdown> = self.shutdown.map(|signal| {
