@@ -47,6 +47,8 @@
 //!     owns(ConfigMap, Service),                    // default: none
 //!     labels = "app=web",                          // default: every object
 //!     events = "website-operator",                 // default: no event recorder
+//!     leader_election = "website-operator",        // default: every replica reconciles
+//!     health = "0.0.0.0:8080",                     // default: no /metrics, /healthz, /readyz
 //! )]
 //! impl Websites {
 //!     async fn apply(&self, site: Arc<Website>, ctx: &Ctx<Website>) -> Result<Action> {
@@ -197,6 +199,8 @@ pub fn derive_as_status_error(input: TokenStream) -> TokenStream {
 /// | `owns(ConfigMap, Service)` | none | also reconcile the owner when an owned child of these kinds changes |
 /// | `labels = "app=web"` | every object | a label selector (`a=b`, `a!=b`, `a in (x, y)`, `a notin (x)`, `a`, `!a`, comma-separated), checked at compile time |
 /// | `events = "website-operator"` | no recorder | gives `Ctx` an event recorder reporting as this component (`reportingController`, a qualified name); without it `ctx.emit` does nothing |
+/// | `leader_election = "website-operator"` | off | reconcile only while holding this Lease (in the operator's namespace: `POD_NAMESPACE`, the service account's, or the client's default); standbys keep warm caches |
+/// | `health = "0.0.0.0:8080"` | off | serve `/metrics` (controller-runtime's metric names), `/healthz` and `/readyz` on this address |
 ///
 /// # Methods
 ///

@@ -211,6 +211,17 @@ impl<R: Object> Ctx<R> {
     }
 }
 
+/// The default name of an operator for `R` (its field manager, controller name and RBAC name):
+/// `<plural>.<group>-operator`, e.g. `websites.example.com-operator`.
+pub fn operator_name<R: Resource<DynamicType = ()>>() -> String {
+    let group = R::group(&());
+    if group.is_empty() {
+        format!("{}-operator", R::plural(&()))
+    } else {
+        format!("{}.{}-operator", R::plural(&()), group)
+    }
+}
+
 /// Builds a [`Ctx`]; see [`Ctx::builder`].
 pub struct CtxBuilder<R: Object> {
     client: Client,
@@ -267,14 +278,7 @@ where
     /// # Errors
     /// None today; the `Result` leaves room for start-up checks.
     pub fn build(self) -> Result<Ctx<R>> {
-        let name = self.name.unwrap_or_else(|| {
-            let group = R::group(&());
-            if group.is_empty() {
-                format!("{}-operator", R::plural(&()))
-            } else {
-                format!("{}.{}-operator", R::plural(&()), group)
-            }
-        });
+        let name = self.name.unwrap_or_else(operator_name::<R>);
         let caching = self.caching.unwrap_or(if self.namespaces.is_empty() {
             CachingStrategy::Extendable
         } else {

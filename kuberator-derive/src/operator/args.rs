@@ -13,7 +13,7 @@ use syn::{Expr, ExprLit, Ident, Lit, LitInt, LitStr, Meta, Path, Token, Type};
 use crate::util::{error_at, source, unknown};
 
 /// Every key, in the order the docs list them.
-pub(crate) const KEYS: [&str; 8] = [
+pub(crate) const KEYS: [&str; 10] = [
     "resource",
     "finalizer",
     "namespaces",
@@ -22,6 +22,8 @@ pub(crate) const KEYS: [&str; 8] = [
     "owns",
     "labels",
     "events",
+    "leader_election",
+    "health",
 ];
 
 /// A value together with the key it was given under (for errors that concern the key).
@@ -43,6 +45,8 @@ pub(crate) struct OperatorArgs {
     pub(crate) owns: Option<Keyed<Vec<Type>>>,
     pub(crate) labels: Option<Keyed<LitStr>>,
     pub(crate) events: Option<Keyed<LitStr>>,
+    pub(crate) leader_election: Option<Keyed<LitStr>>,
+    pub(crate) health: Option<Keyed<LitStr>>,
 }
 
 impl OperatorArgs {
@@ -171,6 +175,14 @@ impl OperatorArgs {
                     let value = name_value(meta).and_then(|v| string(v, "events"));
                     set(errors, &mut args.events, path, value);
                 }
+                "leader_election" => {
+                    let value = name_value(meta).and_then(|v| string(v, "leader_election"));
+                    set(errors, &mut args.leader_election, path, value);
+                }
+                "health" => {
+                    let value = name_value(meta).and_then(|v| string(v, "health"));
+                    set(errors, &mut args.health, path, value);
+                }
                 other => {
                     errors.push(error_at(path, unknown("key", other, &KEYS, &keys())));
                     continue;
@@ -260,6 +272,8 @@ pub(crate) fn example(key: &str) -> Option<&'static str> {
         "owns" => "owns(ConfigMap, Service)",
         "labels" => "labels = \"app=web\"",
         "events" => "events = \"website-operator\"",
+        "leader_election" => "leader_election = \"website-operator\"",
+        "health" => "health = \"0.0.0.0:8080\"",
         _ => return None,
     })
 }

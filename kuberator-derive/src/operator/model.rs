@@ -24,6 +24,10 @@ pub(crate) struct Operator {
     pub(crate) owns: Vec<Type>,
     pub(crate) labels: Option<LabelSelector>,
     pub(crate) events: Option<EventsComponent>,
+    /// The Lease name, with leader election.
+    pub(crate) leader_election: Option<LeaseName>,
+    /// The address of `/metrics`, `/healthz` and `/readyz`.
+    pub(crate) health: Option<HealthAddr>,
     pub(crate) apply: HandlerFn,
     /// Present exactly when a finalizer is.
     pub(crate) cleanup: Option<HandlerFn>,
@@ -85,6 +89,12 @@ impl Operator {
         let events = args
             .events
             .and_then(|keyed| errors.handle(EventsComponent::new(&keyed.value)));
+        let leader_election = args
+            .leader_election
+            .and_then(|keyed| errors.handle(LeaseName::new(&keyed.value)));
+        let health = args
+            .health
+            .and_then(|keyed| errors.handle(HealthAddr::new(&keyed.value)));
 
         // The handlers, checked against the resource's name.
         let resource_name = resource
@@ -158,6 +168,8 @@ impl Operator {
                     owns,
                     labels,
                     events,
+                    leader_election,
+                    health,
                     apply,
                     cleanup,
                 })
@@ -662,6 +674,53 @@ impl EventsComponent {
                      events' `reportingController`"
                 ),
             ))
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The Lease of leader election: a DNS subdomain name.
+pub(crate) struct LeaseName(String);
+
+impl LeaseName {
+    fn new(lit: &LitStr) -> darling::Result<Self> {
+        let name = lit.value();
+        if is_dns_subdomain(&name) {
+            Ok(LeaseName(name))
+        } else {
+            Err(error_at(
+                lit,
+                format!(
+                    "lease name `{name}` must be a DNS subdomain like `website-operator`: \
+                     lowercase letters, digits, `-` and `.`"
+                ),
+            ))
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The health endpoint's address, parsed at compile time.
+pub(crate) struct HealthAddr(String);
+
+impl HealthAddr {
+    fn new(lit: &LitStr) -> darling::Result<Self> {
+        let addr = lit.value();
+        match addr.parse::<std::net::SocketAddr>() {
+            Ok(_) => Ok(HealthAddr(addr)),
+            Err(_) => Err(error_at(
+                lit,
+                format!(
+                    "health address `{addr}` must be an IP address and port like \
+                     `0.0.0.0:8080`"
+                ),
+            )),
         }
     }
 

@@ -21,6 +21,8 @@ pub struct Websites {
     owns(ConfigMap, Service),
     labels = "app=web,tier in (frontend, backend),!canary",
     events = "website-operator",
+    leader_election = "website-operator",
+    health = "127.0.0.1:8080",
 )]
 impl Websites {
     async fn apply(&self, site: Arc<Website>, ctx: &Ctx<Website>) -> Result<Action> {
@@ -38,5 +40,23 @@ impl Websites {
 async fn main() {
     let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
     let client = Client::try_from(config).unwrap();
-    let _operator = Websites { greeting: "hi".into() }.operator(client).unwrap();
+    let _operator = Websites {
+        greeting: "hi".into(),
+    }
+    .operator(client)
+    .unwrap();
+    // The RBAC the keys imply: the resource, status, finalizers, owned kinds, events, the Lease.
+    let rbac = kuberator::manifests::rbac_rules_for::<Website>(
+        &Websites::rbac_options().leader_election("default"),
+    );
+    let yaml = rbac.to_yaml().unwrap();
+    for needed in [
+        "websites/finalizers",
+        "configmaps",
+        "services",
+        "events",
+        "leases",
+    ] {
+        assert!(yaml.contains(needed), "{needed} missing from\n{yaml}");
+    }
 }
