@@ -3,6 +3,7 @@
 //! a person would, told as a short story, and checked through the API at every step.
 
 use std::{
+    net::SocketAddr,
     process::Stdio,
     time::{Duration, Instant},
 };
@@ -10,8 +11,12 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::{Api, ResourceExt};
+use kuberator::runtime::LeaderElection;
 use kuberator::testing::TestEnv;
-use tokio::{io::AsyncWriteExt, sync::oneshot};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    sync::oneshot,
+};
 
 use crate::static_site::{FINALIZER, StaticSite, StaticSites};
 
@@ -26,6 +31,12 @@ pub struct Report {
     pub published_event_count: u64,
     /// Whether the deleted site's children were garbage-collected.
     pub children_collected: bool,
+    /// `/readyz` answered 200.
+    pub ready: bool,
+    /// The `controller_runtime_reconcile_total` lines scraped from `/metrics`.
+    pub reconcile_metrics: Vec<String>,
+    /// Who holds the operator's Lease.
+    pub lease_holder: String,
     /// Wall time of the whole story.
     pub elapsed: Duration,
 }
@@ -137,6 +148,30 @@ async fn shown(env: &TestEnv, story: &Story, args: &[&str]) -> anyhow::Result<St
     Ok(out)
 }
 
+/// A free port on 127.0.0.1 for the operator's health endpoint.
+fn free_local_addr() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// A plain HTTP/1.1 GET, as `curl` would do it: the status code and the body.
+async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await?;
+    let (head, body) = raw.split_once("\r\n\r\n").context("no HTTP header")?;
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no HTTP status")?;
+    Ok((code, body.to_owned()))
+}
+
 /// Polls `check` every 100 ms for up to 60 s.
 async fn until<T, F, Fut>(what: &str, mut check: F) -> anyhow::Result<T>
 where
@@ -188,9 +223,17 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
 
     story.step("Installing the StaticSite CRD and starting the operator (#[kuberator::operator])");
     let (stop, stopped) = oneshot::channel::<()>();
-    let operator = StaticSites.operator(env.client())?.shutdown_on(async move {
-        let _ = stopped.await;
-    });
+    let health = free_local_addr()?;
+    let operator = StaticSites
+        .operator(env.client())?
+        .health(health)
+        .leader_election(
+            LeaderElection::new(env.client(), "default", "staticsites-operator")
+                .identity("demo-replica"),
+        )
+        .shutdown_on(async move {
+            let _ = stopped.await;
+        });
     let running = tokio::spawn(operator.run());
     let sites: Api<StaticSite> = Api::namespaced(env.client(), "default");
     let config_maps: Api<ConfigMap> = Api::namespaced(env.client(), "default");
@@ -332,6 +375,51 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     .await?;
     shown(&env, &story, &["events", "--for", "staticsite/blog"]).await?;
 
+    story.step("Operations: health, metrics (controller-runtime's names) and the leader's Lease");
+    let (code, _) = until("/readyz", || async {
+        http_get(health, "/readyz").await.ok()
+    })
+    .await?;
+    report.ready = code == 200;
+    story.show(&format!("curl http://{health}/readyz"), &format!("{code}"));
+    let (_, metrics) = http_get(health, "/metrics").await?;
+    report.reconcile_metrics = metrics
+        .lines()
+        .filter(|l| l.starts_with("controller_runtime_reconcile_total{"))
+        .map(str::to_owned)
+        .collect();
+    let shown_metrics: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("controller_runtime_reconcile_total{")
+                || l.starts_with("controller_runtime_terminal_reconcile_errors_total{")
+                || l.starts_with("controller_runtime_max_concurrent_reconciles{")
+                || l.starts_with("leader_election_master_status{")
+        })
+        .collect();
+    story.show(
+        &format!(
+            "curl -s http://{health}/metrics | grep -E 'reconcile_total|terminal|concurrent|master'"
+        ),
+        &shown_metrics.join("\n"),
+    );
+    report.lease_holder = kubectl(
+        &env,
+        &[
+            "get",
+            "lease",
+            "staticsites-operator",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+        None,
+    )
+    .await?;
+    story.show(
+        "kubectl get lease staticsites-operator -o jsonpath='{.spec.holderIdentity}'",
+        &report.lease_holder,
+    );
+
     story.step(
         "Deleting shop: cleanup runs, the finalizer goes, the garbage collector takes its children",
     );
@@ -374,10 +462,13 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     report.elapsed = story.started.elapsed();
     println!(
         "\nSummary: {} sites published, 1 update reconciled, 1 validation error in status ({:?}), \
-         Published event of home counted {}x, shop's children garbage-collected: {}. {:.1}s in all.",
+         Published event of home counted {}x, ready: {}, Lease held by {:?}, shop's children \
+         garbage-collected: {}. {:.1}s in all.",
         report.published,
         report.validation_error,
         report.published_event_count,
+        report.ready,
+        report.lease_holder,
         report.children_collected,
         report.elapsed.as_secs_f64()
     );

@@ -201,3 +201,15 @@ fn service(name: &str, port: i32) -> Service {
         ..Service::default()
     }
 }
+
+/// What the operator needs in a cluster, as one YAML stream for `kubectl apply -f`: the CRD, a
+/// ServiceAccount `staticsites-operator` in `namespace`, and the least-privilege ClusterRole and
+/// binding generated from the `#[kuberator::operator]` keys.
+///
+/// # Errors
+/// When an object cannot be serialized (it always can).
+pub fn manifests(namespace: &str) -> kuberator::Result<String> {
+    use kuberator::manifests::{rbac_rules_for, to_yaml};
+    let options = StaticSites::rbac_options().service_account(namespace, "staticsites-operator");
+    to_yaml::<StaticSite>(&rbac_rules_for::<StaticSite>(&options))
+}
