@@ -235,6 +235,14 @@ impl Error {
     }
 }
 
+/// `?` on a raw kube-rs call in a handler: the error keeps its source and says it came from the
+/// API server (use [`Error::kube`] to name the object and the action).
+impl From<kube::Error> for Error {
+    fn from(source: kube::Error) -> Self {
+        Error::client("calling the API server", source)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +277,19 @@ mod tests {
         let err: Error = anyhow::Error::new(EmptyImage("y".into())).into();
         assert!(err.downcast_ref::<EmptyImage>().is_some());
         assert_eq!(err.retry_policy(), RetryPolicy::Backoff);
+    }
+
+    #[test]
+    fn kube_errors_convert_with_their_reason_and_code() {
+        let status =
+            kube::core::Status::failure("websites \"a\" not found", "NotFound").with_code(404);
+        let err: Error = kube::Error::Api(Box::new(status)).into();
+        assert_eq!(err.status_code(), Some(404));
+        assert_eq!(err.reason(), "NotFound");
+        assert!(
+            err.to_string().starts_with("calling the API server: "),
+            "{err}"
+        );
     }
 
     #[test]

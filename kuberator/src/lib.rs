@@ -47,8 +47,8 @@ pub mod prelude {
 
     pub use crate::{
         Action, AsStatusError, CachingStrategy, ClassifyError, Context, Ctx, Error, Finalize,
-        FromStatusError, Handler, K8sRepository, ObserveGeneration, Operator, ProvideApi,
-        Reconcile, RecordError, Result, RetryPolicy, StaticApiProvider, StatusError,
+        FromStatusError, Handler, K8sRepository, ObjectKey, ObserveGeneration, Operator,
+        ProvideApi, Reconcile, RecordError, Result, RetryPolicy, StaticApiProvider, StatusError,
         WithStatusError,
         events::{EmitEvent, EventData, EventRecorder, EventType, Reason},
     };
