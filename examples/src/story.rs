@@ -143,3 +143,25 @@ where
         .await
         .map_err(|_| anyhow!("timed out after {TIMEOUT:?} waiting for {what}"))
 }
+
+/// The `main` of each example binary: logs from `RUST_LOG` (default off), a fresh local control
+/// plane, the story, the time it took.
+///
+/// # Errors
+/// When the control plane cannot start or the story fails.
+pub async fn main_on_local_control_plane<T>(
+    story: impl AsyncFnOnce(&kuberator::testing::TestEnv) -> anyhow::Result<T>,
+) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()),
+        )
+        .init();
+    let started = std::time::Instant::now();
+    println!("Starting a local control plane (etcd + kube-apiserver) …");
+    let env = kuberator::testing::TestEnv::start().await?;
+    story(&env).await?;
+    drop(env);
+    println!("Done in {:.1}s.", started.elapsed().as_secs_f64());
+    Ok(())
+}
