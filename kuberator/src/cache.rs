@@ -74,7 +74,7 @@ pub enum CachingStrategy {
 }
 
 /// Up to this many namespaces are looked up by linear scan (faster than hashing a short key).
-const LINEAR_SCAN_MAX: usize = 8;
+const LINEAR_SCAN_MAX: usize = 32;
 
 /// An immutable namespace → handle table.
 struct Table<R: Resource> {
@@ -99,9 +99,17 @@ impl<R: Resource> Table<R> {
     #[inline]
     fn get(&self, namespace: &str) -> Option<&Api<R>> {
         if self.entries.len() <= LINEAR_SCAN_MAX {
+            // Length, last and first byte rule out most candidates without a `memcmp` call.
+            let wanted = namespace.as_bytes();
             self.entries
                 .iter()
-                .find(|(ns, _)| &**ns == namespace)
+                .find(|(name, _)| {
+                    let name = name.as_bytes();
+                    name.len() == wanted.len()
+                        && name.last() == wanted.last()
+                        && name.first() == wanted.first()
+                        && name == wanted
+                })
                 .map(|(_, api)| api)
         } else {
             self.index.get(namespace).map(|&i| &self.entries[i].1)
@@ -345,6 +353,25 @@ mod tests {
         assert_eq!(read(&p.extended).len(), 1);
         p.get(Some("z")).unwrap();
         assert_eq!(read(&p.extended).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn long_names_sharing_a_prefix_are_told_apart() {
+        let p = StaticApiProvider::<ConfigMap>::new(
+            client(),
+            ["production-eu", "production-us", "prod", "prod\0"],
+            CachingStrategy::Strict,
+        );
+        assert_eq!(
+            path(&p.get(Some("production-us")).unwrap()),
+            "/api/v1/namespaces/production-us/configmaps"
+        );
+        assert_eq!(
+            path(&p.get(Some("prod")).unwrap()),
+            "/api/v1/namespaces/prod/configmaps"
+        );
+        assert!(p.get(Some("production-xx")).is_err());
+        assert!(p.get(Some("productio")).is_err());
     }
 
     #[tokio::test]
