@@ -4,9 +4,20 @@
 //! |---|---|---|---|
 //! | [`CachingStrategy::Strict`] | yes | [`Error::NamespaceNotCached`] | lock-free |
 //! | [`CachingStrategy::Adhoc`] | yes | a fresh handle each time, not cached | lock-free |
-//! | [`CachingStrategy::Extendable`] | yes | built once, then cached | `RwLock` |
+//! | [`CachingStrategy::Extendable`] | yes | built once, then cached | lock-free |
+//!
+//! Namespaces learned at run time (by `Extendable` and [`CachedApiProvider`]) are kept in an
+//! append-only table of [`LEARNED_MAX`] slots that readers scan without a lock; past that many,
+//! further namespaces get a fresh handle each time, like `Adhoc`.
 
-use std::{borrow::Cow, collections::HashMap, sync::RwLock};
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    sync::{
+        Mutex, OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
 use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
 use kube::{Api, Client, Resource};
@@ -69,7 +80,7 @@ pub enum CachingStrategy {
     Strict,
     /// Pre-cached namespaces lock-free; others get a fresh, uncached handle each time.
     Adhoc,
-    /// Pre-cached namespaces, and others cached on first use (behind an `RwLock`).
+    /// Pre-cached namespaces, and others cached on first use (lock-free reads).
     Extendable,
 }
 
@@ -121,6 +132,66 @@ impl<R: Resource> Table<R> {
     }
 }
 
+/// How many namespaces a provider learns at run time at most.
+pub const LEARNED_MAX: usize = 256;
+
+/// Namespaces learned at run time: append-only slots, read without a lock, so a lookup can
+/// borrow the handle; a mutex only orders the writers.
+struct Learned<R: Resource> {
+    slots: Box<[OnceLock<(Box<str>, Api<R>)>]>,
+    len: AtomicUsize,
+    writer: Mutex<()>,
+}
+
+impl<R: Resource> Learned<R> {
+    fn new() -> Self {
+        Self {
+            slots: (0..LEARNED_MAX).map(|_| OnceLock::new()).collect(),
+            len: AtomicUsize::new(0),
+            writer: Mutex::new(()),
+        }
+    }
+
+    #[inline]
+    fn get(&self, namespace: &str) -> Option<&Api<R>> {
+        let len = self.len.load(Ordering::Acquire);
+        self.slots[..len]
+            .iter()
+            .filter_map(OnceLock::get)
+            .find(|(name, _)| **name == *namespace)
+            .map(|(_, api)| api)
+    }
+
+    fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+}
+
+impl<R: Resource + Clone> Learned<R> {
+    /// The handle for `namespace`, built with `make` and kept if there is room.
+    fn get_or_insert(&self, namespace: &str, make: impl FnOnce() -> Api<R>) -> Cow<'_, Api<R>> {
+        if let Some(api) = self.get(namespace) {
+            return Cow::Borrowed(api);
+        }
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(api) = self.get(namespace) {
+            return Cow::Borrowed(api);
+        }
+        let len = self.len.load(Ordering::Acquire);
+        let Some(slot) = self.slots.get(len) else {
+            tracing::debug!(
+                namespace,
+                max = LEARNED_MAX,
+                "namespace cache full: uncached handle"
+            );
+            return Cow::Owned(make());
+        };
+        let (_, api) = slot.get_or_init(|| (namespace.into(), make()));
+        self.len.store(len + 1, Ordering::Release);
+        Cow::Borrowed(api)
+    }
+}
+
 /// A provider with namespaces cached at construction (see [`CachingStrategy`]).
 ///
 /// ```no_run
@@ -139,7 +210,7 @@ pub struct StaticApiProvider<R: Resource> {
     all: Api<R>,
     table: Table<R>,
     strategy: CachingStrategy,
-    extended: RwLock<HashMap<String, Api<R>>>,
+    extended: Learned<R>,
     make: fn(Client, Option<&str>) -> Api<R>,
 }
 
@@ -169,7 +240,7 @@ where
             client,
             table: Table::new(entries),
             strategy,
-            extended: RwLock::new(HashMap::new()),
+            extended: Learned::new(),
             make,
         }
     }
@@ -231,14 +302,9 @@ where
                 }
             }
             CachingStrategy::Adhoc => Ok(Cow::Owned((self.make)(self.client.clone(), Some(ns)))),
-            CachingStrategy::Extendable => {
-                if let Some(api) = read(&self.extended).get(ns) {
-                    return Ok(Cow::Owned(api.clone()));
-                }
-                let api = (self.make)(self.client.clone(), Some(ns));
-                write(&self.extended).insert(ns.to_owned(), api.clone());
-                Ok(Cow::Owned(api))
-            }
+            CachingStrategy::Extendable => Ok(self
+                .extended
+                .get_or_insert(ns, || (self.make)(self.client.clone(), Some(ns)))),
         }
     }
 }
@@ -247,7 +313,7 @@ where
 pub struct CachedApiProvider<R: Resource> {
     client: Client,
     all: Api<R>,
-    cache: RwLock<HashMap<String, Api<R>>>,
+    cache: Learned<R>,
     make: fn(Client, Option<&str>) -> Api<R>,
 }
 
@@ -262,14 +328,14 @@ where
         Self {
             all: make(client.clone(), None),
             client,
-            cache: RwLock::new(HashMap::new()),
+            cache: Learned::new(),
             make,
         }
     }
 
     /// How many namespaces are cached.
     pub fn len(&self) -> usize {
-        read(&self.cache).len()
+        self.cache.len()
     }
 
     /// Whether no namespace is cached yet.
@@ -283,24 +349,10 @@ impl<R: Resource + Clone + Send + Sync + 'static> ProvideApi<R> for CachedApiPro
         let Some(ns) = namespace else {
             return Ok(Cow::Borrowed(&self.all));
         };
-        if let Some(api) = read(&self.cache).get(ns) {
-            return Ok(Cow::Owned(api.clone()));
-        }
-        let mut cache = write(&self.cache);
-        let api = cache
-            .entry(ns.to_owned())
-            .or_insert_with(|| (self.make)(self.client.clone(), Some(ns)));
-        Ok(Cow::Owned(api.clone()))
+        Ok(self
+            .cache
+            .get_or_insert(ns, || (self.make)(self.client.clone(), Some(ns))))
     }
-}
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -350,9 +402,9 @@ mod tests {
             path(&p.get(Some("z")).unwrap()),
             "/api/v1/namespaces/z/configmaps"
         );
-        assert_eq!(read(&p.extended).len(), 1);
-        p.get(Some("z")).unwrap();
-        assert_eq!(read(&p.extended).len(), 1);
+        assert_eq!(p.extended.len(), 1);
+        assert!(matches!(p.get(Some("z")).unwrap(), Cow::Borrowed(_)));
+        assert_eq!(p.extended.len(), 1);
     }
 
     #[tokio::test]
@@ -392,6 +444,25 @@ mod tests {
         assert_eq!(
             path(&p.get(None).unwrap()),
             "/apis/rbac.authorization.k8s.io/v1/clusterroles"
+        );
+    }
+
+    #[tokio::test]
+    async fn past_the_learned_maximum_handles_are_fresh() {
+        let p = CachedApiProvider::<ConfigMap>::new(client());
+        for i in 0..LEARNED_MAX {
+            assert!(matches!(
+                p.get(Some(&format!("n{i}"))).unwrap(),
+                Cow::Borrowed(_)
+            ));
+        }
+        let extra = p.get(Some("one-more")).unwrap();
+        assert!(matches!(extra, Cow::Owned(_)));
+        assert_eq!(path(&extra), "/api/v1/namespaces/one-more/configmaps");
+        assert_eq!(p.len(), LEARNED_MAX);
+        assert_eq!(
+            path(&p.get(Some("n17")).unwrap()),
+            "/api/v1/namespaces/n17/configmaps"
         );
     }
 
