@@ -85,8 +85,14 @@ async fn each_strategy_hits_misses_and_fails_as_documented() {
         ["default"],
         CachingStrategy::Extendable,
     );
-    assert!(!round_trip(&extendable, "more").await.unwrap());
-    assert!(extendable.get(Some("more")).is_ok());
+    assert!(
+        round_trip(&extendable, "more").await.unwrap(),
+        "an extendable miss is cached on first use and borrowed from then on"
+    );
+    assert!(matches!(
+        extendable.get(Some("more")).unwrap(),
+        Cow::Borrowed(_)
+    ));
 
     let cached = CachedApiProvider::<ConfigMap>::new(client);
     assert!(cached.is_empty());

@@ -239,11 +239,11 @@ async fn caching_strategies_hit_miss_and_refuse() {
             row("Adhoc", "misc", Found::Owned),
             row("Adhoc", "misc", Found::Owned),
             row("Extendable", "shop", Found::Borrowed),
-            row("Extendable", "misc", Found::Owned),
-            row("Extendable", "misc", Found::Owned),
-            row("CachedApiProvider", "shop", Found::Owned),
-            row("CachedApiProvider", "misc", Found::Owned),
-            row("CachedApiProvider", "misc", Found::Owned),
+            row("Extendable", "misc", Found::Borrowed),
+            row("Extendable", "misc", Found::Borrowed),
+            row("CachedApiProvider", "shop", Found::Borrowed),
+            row("CachedApiProvider", "misc", Found::Borrowed),
+            row("CachedApiProvider", "misc", Found::Borrowed),
         ]
     );
     assert_eq!(outcome.learned, (0, 2));

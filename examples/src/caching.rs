@@ -10,8 +10,8 @@
 //! |---|---|---|
 //! | `Strict` | hit, borrowed, lock-free | error: `namespace `misc` is not cached` |
 //! | `Adhoc` | hit | a fresh handle on every lookup, never cached |
-//! | `Extendable` | hit | built on the first lookup, cached behind an `RwLock` |
-//! | `CachedApiProvider` | learned on first use | learned on first use |
+//! | `Extendable` | hit | built on the first lookup, then borrowed from the cache (lock-free) |
+//! | `CachedApiProvider` | learned on first use, then borrowed | learned on first use, then borrowed |
 //!
 //! In an operator, `#[kuberator::operator(namespaces("shop", "blog"), caching = Adhoc)]` picks
 //! the strategy of its repository (default: `Strict` with `namespaces`, else `Extendable`).
@@ -39,7 +39,7 @@ pub const PRE_CACHED: [&str; 2] = ["shop", "blog"];
 /// What one lookup gave.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Found {
-    /// A handle borrowed from the provider's table (no allocation, no lock).
+    /// A handle borrowed from the provider's cache (no allocation, no lock).
     Borrowed,
     /// A handle built or cloned for this lookup.
     Owned,
@@ -137,7 +137,7 @@ async fn lookup(
     };
     let shown = match &found {
         Found::Borrowed => {
-            "a handle borrowed from the pre-cached table; ConfigMap written".to_owned()
+            "a handle borrowed from the provider's cache; ConfigMap written".to_owned()
         }
         Found::Owned => "an owned handle; ConfigMap written".to_owned(),
         Found::Refused(error) => format!("error: {error}"),
