@@ -55,6 +55,15 @@ fn decode(c: &mut Criterion) {
             let dynamic = serde_json::from_slice::<DynamicObject>(black_box(&bytes)).ok();
             black_box(dynamic.and_then(|mut o| {
                 o.metadata.managed_fields = None;
+                kuberator::__private::decode_dynamic::<ConfigMap>(o).ok()
+            }))
+        });
+    });
+    group.bench_function("dynamic then try_parse (before)", |b| {
+        b.iter(|| {
+            let dynamic = serde_json::from_slice::<DynamicObject>(black_box(&bytes)).ok();
+            black_box(dynamic.and_then(|mut o| {
+                o.metadata.managed_fields = None;
                 o.try_parse::<ConfigMap>().ok()
             }))
         });

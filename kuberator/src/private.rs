@@ -21,6 +21,16 @@ pub use serde_json;
 pub use tokio;
 pub use tracing;
 
+/// The primary watch's per-object decode, for the benchmarks.
+///
+/// # Errors
+/// When the object does not deserialize into `R`.
+pub fn decode_dynamic<R: serde::de::DeserializeOwned>(
+    object: kube::api::DynamicObject,
+) -> Result<R, serde_json::Error> {
+    crate::runtime::decode_dynamic(object)
+}
+
 type BoxFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 /// Picks, for a concrete resource type, whether errors can be recorded in its status

@@ -14,3 +14,4 @@ pub use leader::{LeaderElection, Leadership};
 pub use metrics::{ControllerMetrics, Metrics};
 pub use operator::{Operator, Reconciler, default_error_policy};
 pub use shutdown::shutdown_signal;
+pub(crate) use watch::decode_dynamic;

@@ -8,6 +8,8 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 
+use serde::de::DeserializeOwned;
+
 use crate::finalize::Object;
 
 /// Watches `R` in `namespace` (or everywhere) as untyped objects and decodes each one into `R`.
@@ -46,12 +48,36 @@ fn decode_event<R: Object>(event: watcher::Event<DynamicObject>) -> Option<watch
     })
 }
 
+/// Turns an untyped object into `R`, moving its fields instead of re-serializing them: only
+/// `metadata` is serialized again (kube-rs' `DynamicObject::try_parse` serializes the whole object
+/// back into a `Value` first).
+pub(crate) fn decode_dynamic<R: DeserializeOwned>(
+    object: DynamicObject,
+) -> Result<R, serde_json::Error> {
+    let DynamicObject {
+        types,
+        metadata,
+        data,
+    } = object;
+    let mut fields = match data {
+        serde_json::Value::Object(fields) => fields,
+        serde_json::Value::Null => serde_json::Map::new(),
+        other => return serde_json::from_value(other),
+    };
+    fields.insert("metadata".into(), serde_json::to_value(metadata)?);
+    if let Some(types) = types {
+        fields.insert("apiVersion".into(), types.api_version.into());
+        fields.insert("kind".into(), types.kind.into());
+    }
+    serde_json::from_value(serde_json::Value::Object(fields))
+}
+
 fn decode<R: Object>(mut object: DynamicObject) -> Option<R> {
     // Managed fields are large and never needed by a reconcile.
     object.metadata.managed_fields = None;
     let name = object.name_any();
     let namespace = object.metadata.namespace.clone();
-    match object.try_parse::<R>() {
+    match decode_dynamic::<R>(object) {
         Ok(typed) => Some(typed),
         Err(error) => {
             tracing::error!(
@@ -63,5 +89,39 @@ fn decode<R: Object>(mut object: DynamicObject) -> Option<R> {
             );
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::DynamicObject;
+    use serde_json::json;
+
+    use super::decode_dynamic;
+
+    fn object(data: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": { "name": "a", "namespace": "ns", "uid": "u-1", "generation": 2 },
+            "data": data,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn decodes_like_try_parse() {
+        let dynamic = object(json!({ "key": "value" }));
+        let expected: ConfigMap = dynamic.clone().try_parse().unwrap();
+        let decoded: ConfigMap = decode_dynamic(dynamic).unwrap();
+        assert_eq!(decoded, expected);
+        assert_eq!(decoded.data.unwrap()["key"], "value");
+        assert_eq!(decoded.metadata.uid.as_deref(), Some("u-1"));
+    }
+
+    #[test]
+    fn a_malformed_object_is_an_error_naming_the_field() {
+        let error = decode_dynamic::<ConfigMap>(object(json!({ "key": 7 }))).unwrap_err();
+        assert!(error.to_string().contains("invalid type"), "{error}");
     }
 }
