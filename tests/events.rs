@@ -56,19 +56,22 @@ async fn event_writes(env: &TestEnv) -> u64 {
         .sum::<f64>() as u64
 }
 
-#[tokio::test]
-async fn repeats_become_one_event_with_a_series_count() {
+/// A control plane with the Widget CRD, one Widget named `name`, and a recorder for it.
+async fn widget_with_recorder(name: &str) -> (TestEnv, Widget, EventRecorder) {
     let env = TestEnv::start().await.unwrap();
     env.install_crd::<Widget>().await.unwrap();
-    let api = api::<Widget>(env.client());
-    let widget = api
-        .create(
-            &PostParams::default(),
-            &Widget::build("evented", 1, Mode::Ok),
-        )
+    let widget = api::<Widget>(env.client())
+        .create(&PostParams::default(), &Widget::build(name, 1, Mode::Ok))
         .await
         .unwrap();
     let recorder = EventRecorder::new(env.client(), "test.kuberator.dev/operator");
+    (env, widget, recorder)
+}
+
+#[tokio::test]
+async fn repeats_become_one_event_with_a_series_count() {
+    let (env, widget, recorder) = widget_with_recorder("evented").await;
+
     for _ in 0..5 {
         recorder
             .emit(
@@ -99,17 +102,8 @@ async fn repeats_become_one_event_with_a_series_count() {
 
 #[tokio::test]
 async fn a_storm_is_coalesced_and_counted_exactly() {
-    let env = TestEnv::start().await.unwrap();
-    env.install_crd::<Widget>().await.unwrap();
-    let api = api::<Widget>(env.client());
-    let widget = api
-        .create(
-            &PostParams::default(),
-            &Widget::build("stormy", 1, Mode::Ok),
-        )
-        .await
-        .unwrap();
-    let recorder = EventRecorder::new(env.client(), "test.kuberator.dev/operator");
+    let (env, widget, recorder) = widget_with_recorder("stormy").await;
+
     let before = event_writes(&env).await;
     for _ in 0..10_000 {
         recorder
@@ -147,18 +141,8 @@ async fn cluster_scoped_objects_get_events_in_default() {
 
 #[tokio::test]
 async fn a_deleted_event_is_created_anew() {
-    let env = TestEnv::start().await.unwrap();
-    env.install_crd::<Widget>().await.unwrap();
-    let api = api::<Widget>(env.client());
-    let widget = api
-        .create(
-            &PostParams::default(),
-            &Widget::build("phoenix", 1, Mode::Ok),
-        )
-        .await
-        .unwrap();
-    let recorder = EventRecorder::new(env.client(), "test.kuberator.dev/operator")
-        .with_flush_interval(Duration::ZERO);
+    let (env, widget, recorder) = widget_with_recorder("phoenix").await;
+    let recorder = recorder.with_flush_interval(Duration::ZERO);
     let data = || EventData::normal("Configured", "Reconcile");
     recorder.try_emit(&widget, data()).await.unwrap();
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(env.client(), "default");
