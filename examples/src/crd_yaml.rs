@@ -21,7 +21,7 @@ use crate::{static_site::StaticSite, story::kubectl};
 /// # Errors
 /// When the CRD cannot be serialized (it always can).
 pub fn yaml() -> anyhow::Result<String> {
-    serde_yaml::to_string(&StaticSite::crd()).context("serializing the StaticSite CRD")
+    serde_saphyr::to_string(&StaticSite::crd()).context("serializing the StaticSite CRD")
 }
 
 /// Reads a CRD back from YAML, e.g. to check in CI that a committed file is up to date:
@@ -30,7 +30,7 @@ pub fn yaml() -> anyhow::Result<String> {
 /// # Errors
 /// When `yaml` is not a CustomResourceDefinition.
 pub fn parse(yaml: &str) -> anyhow::Result<CustomResourceDefinition> {
-    serde_yaml::from_str(yaml).context("parsing a CustomResourceDefinition")
+    serde_saphyr::from_str(yaml).context("parsing a CustomResourceDefinition")
 }
 
 /// What applying the YAML showed.

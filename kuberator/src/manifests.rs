@@ -504,7 +504,7 @@ fn role_ref(kind: &str, name: &str) -> RoleRef {
 fn yaml_stream(objects: Vec<serde_json::Value>) -> Result<String> {
     let mut documents = Vec::with_capacity(objects.len());
     for object in objects {
-        documents.push(serde_yaml::to_string(&object).context("writing manifests as YAML")?);
+        documents.push(serde_saphyr::to_string(&object).context("writing manifests as YAML")?);
     }
     Ok(documents.join("---\n"))
 }
@@ -785,6 +785,54 @@ mod tests {
         assert_eq!(error.downcast_ref::<MissingPermissions>(), Some(&missing));
     }
 
+    /// The YAML writer quotes keys and values that YAML 1.1 readers (kubectl's) would otherwise
+    /// turn into booleans, numbers or nulls, and keeps multi-line and special strings intact.
+    #[test]
+    fn yaml_round_trips_scalars_that_look_like_other_types() {
+        let tricky = [
+            "yes",
+            "no",
+            "on",
+            "off",
+            "y",
+            "n",
+            "true",
+            "NO",
+            "null",
+            "~",
+            "",
+            "1",
+            "0o17",
+            "1e3",
+            "0x1F",
+            "1.0",
+            ".inf",
+            "- item",
+            "a: b",
+            "# not a comment",
+            "*anchor",
+            "two\nlines\n",
+            "  leading space",
+            "trailing space ",
+            "quote ' and \" both",
+            "2026-12-01",
+            "12:30",
+            "@at",
+            "`tick",
+        ];
+        let object = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": { "name": "tricky" },
+            "data": tricky.iter()
+                .map(|s| ((*s).to_owned(), serde_json::Value::from(*s)))
+                .collect::<serde_json::Map<_, _>>(),
+        });
+        let yaml = yaml_stream(vec![object.clone(), object.clone()]).unwrap();
+        let back: Vec<serde_json::Value> = serde_saphyr::from_multiple(&yaml).unwrap();
+        assert_eq!(back, [object.clone(), object], "{yaml}");
+    }
+
     #[test]
     fn yaml_has_the_crd_then_the_rbac_objects() {
         let rbac = rbac_rules_for::<Website>(
@@ -809,7 +857,7 @@ mod tests {
         assert_eq!(yaml.matches("---\n").count(), 3);
         // Every document reads back as a Kubernetes object.
         for document in yaml.split("---\n") {
-            let value: serde_json::Value = serde_yaml::from_str(document).unwrap();
+            let value: serde_json::Value = serde_saphyr::from_str(document).unwrap();
             assert!(value["apiVersion"].is_string() && value["metadata"]["name"].is_string());
         }
         assert!(yaml.contains("- websites/finalizers\n"));

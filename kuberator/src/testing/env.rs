@@ -439,7 +439,7 @@ fn kubeconfig_yaml(pki: &Pki, server_url: &str) -> anyhow::Result<String> {
         "current-context": "kuberator-testenv",
         "preferences": {},
     });
-    serde_yaml::to_string(&kubeconfig).context("writing the kubeconfig")
+    serde_saphyr::to_string(&kubeconfig).context("writing the kubeconfig")
 }
 
 impl TestEnv {
