@@ -8,6 +8,8 @@ mod control_plane;
 mod demo;
 mod events;
 mod examples;
+mod fresh_crate;
+mod observability;
 mod operations;
 mod production;
 mod runtime;

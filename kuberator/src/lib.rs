@@ -54,6 +54,11 @@ pub mod prelude {
     };
 }
 
+/// The README's Rust code, compiled as doctests so it cannot drift from the crate.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
+
 /// Paths the macros use; not part of the public API.
 #[doc(hidden)]
 #[path = "private.rs"]

@@ -21,6 +21,7 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use super::{
     backoff::{Backoff, FailureCounts},
@@ -509,9 +510,10 @@ async fn reconcile_counted<R: Object>(object: Arc<R>, shared: Arc<LoopState<R>>)
         .as_ref()
         .map(ControllerMetrics::reconcile_started);
     let key = ObjectRef::from_obj(object.as_ref());
-    let span = tracing::info_span!("reconcile", kind = %shared.kind, object = %display_ref(object.as_ref()));
+    let span = reconcile_span(&shared.kind, object.as_ref());
     let result = AssertUnwindSafe(shared.reconciler.reconcile(object.clone()))
         .catch_unwind()
+        .instrument(span.clone())
         .await
         .unwrap_or_else(|panic| {
             let message = panic
@@ -527,15 +529,22 @@ async fn reconcile_counted<R: Object>(object: Arc<R>, shared: Arc<LoopState<R>>)
     match &result {
         Ok(_) => shared.failures.reset(&key),
         Err(error) => {
-            let _entered = span.enter();
-            tracing::warn!(error = %error, reason = %error.reason(), "reconcile failed");
-            drop(_entered);
-            let on_error = AssertUnwindSafe(shared.reconciler.on_error(object.clone(), error))
-                .catch_unwind()
-                .await;
-            if on_error.is_err() {
-                tracing::error!(object = %display_ref(object.as_ref()), "error handler panicked");
+            async {
+                tracing::warn!(
+                    object = %display_ref(object.as_ref()),
+                    error = %error,
+                    reason = %error.reason(),
+                    "reconcile failed"
+                );
+                let on_error = AssertUnwindSafe(shared.reconciler.on_error(object.clone(), error))
+                    .catch_unwind()
+                    .await;
+                if on_error.is_err() {
+                    tracing::error!(object = %display_ref(object.as_ref()), "error handler panicked");
+                }
             }
+            .instrument(span)
+            .await;
         }
     }
     if let Some(timer) = timer {
@@ -551,6 +560,21 @@ fn error_policy<R: Object>(object: Arc<R>, error: &Error, shared: Arc<LoopState<
         .error_policy(object.as_ref(), error, failures, &shared.backoff);
     tracing::debug!(object = %display_ref(object.as_ref()), failures, ?action, "retry scheduled");
     action
+}
+
+/// The span every reconcile, cleanup and error handling of `object` runs in: the handler's own
+/// `tracing` lines carry the object's kind, namespace, name and generation, and one id per
+/// reconcile to tell attempts apart.
+pub(crate) fn reconcile_span<R: Resource>(kind: &str, object: &R) -> tracing::Span {
+    let meta = object.meta();
+    tracing::info_span!(
+        "reconcile",
+        kind = %kind,
+        namespace = %meta.namespace.as_deref().unwrap_or(""),
+        name = %meta.name.as_deref().unwrap_or(""),
+        generation = meta.generation.unwrap_or(0),
+        reconcile_id = %format_args!("{:08x}", rand::random::<u32>()),
+    )
 }
 
 fn display_ref<R: Resource>(object: &R) -> String {

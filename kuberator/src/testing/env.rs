@@ -16,6 +16,7 @@ use kube::{
     runtime::wait::{await_condition, conditions},
 };
 use tempfile::TempDir;
+use tracing::instrument::{WithDispatch, WithSubscriber as _};
 
 use super::{
     assets::{self, Assets},
@@ -304,15 +305,17 @@ impl TestEnvBuilder {
             timeout: self.timeout,
             dir,
         };
-        env.wait_for_apiserver().await?;
+        // Readiness polls fail by design until the servers are up; kube's client would log
+        // each failure as an ERROR (and each self-signed handshake as a WARN), which reads as
+        // broken. The last failure is part of the error returned on a timeout instead.
+        quietly(env.wait_for_apiserver()).await?;
         for crd in &self.crds {
-            env.install_crd_value(crd.clone())
+            quietly(env.install_crd_value(crd.clone()))
                 .await
                 .map_err(|err| Failure::Fatal(anyhow::Error::new(err)))?;
         }
         if self.controller_manager {
-            env.start_controller_manager(&files, controller_manager_port)
-                .await?;
+            quietly(env.start_controller_manager(&files, controller_manager_port)).await?;
         }
         if let Some(exited) = env.processes.exited() {
             return Err(exited_failure(exited));
@@ -320,6 +323,11 @@ impl TestEnvBuilder {
         env.started_in = began.elapsed();
         Ok(env)
     }
+}
+
+/// Runs `future` with logging off (the readiness polls, whose failures are expected).
+fn quietly<F: std::future::Future>(future: F) -> WithDispatch<F> {
+    future.with_subscriber(tracing::subscriber::NoSubscriber::default())
 }
 
 /// Why one start attempt failed.

@@ -1,0 +1,151 @@
+//! What an operator's logs say: a handler's own lines carry the object (kind, namespace, name,
+//! generation, reconcile id), a failed reconcile names it, and the control plane starts without
+//! ERROR or WARN lines under `RUST_LOG=info`.
+
+use std::{
+    io::Write,
+    sync::{Arc, Mutex},
+};
+
+use kube::api::PostParams;
+use kuberator::{Action, Error, Operator, Reconciler, Result, testing::TestEnv};
+use tokio::sync::oneshot;
+use tracing_subscriber::fmt::MakeWriter;
+
+use crate::support::*;
+
+/// Log lines written to memory, for assertions.
+#[derive(Clone, Default)]
+pub struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    /// Captures everything at `filter` logged on this thread until the guard drops (tests run on
+    /// the current-thread runtime, so the operator's tasks log here too).
+    pub fn install(filter: &str) -> (Self, tracing::subscriber::DefaultGuard) {
+        let logs = Self::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_ansi(false)
+            .without_time()
+            .with_writer(logs.clone())
+            .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        (logs, guard)
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        let bytes = self.0.lock().unwrap().clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Lines at ERROR or WARN level.
+    pub fn errors_and_warnings(&self) -> Vec<String> {
+        self.lines()
+            .into_iter()
+            .filter(|l| {
+                let l = l.trim_start();
+                l.starts_with("ERROR") || l.starts_with("WARN")
+            })
+            .collect()
+    }
+}
+
+impl Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for CapturedLogs {
+    type Writer = CapturedLogs;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// Logs one line per reconcile, and fails for `Mode::Fail`.
+struct Chatty;
+
+#[async_trait::async_trait]
+impl Reconciler<Widget> for Chatty {
+    async fn reconcile(&self, widget: Arc<Widget>) -> Result<Action> {
+        tracing::info!(value = widget.spec.value, "handler says hello");
+        if widget.spec.mode == Mode::Fail {
+            return Err(Error::Anyhow(anyhow::anyhow!("the test asked to fail")));
+        }
+        Ok(Action::await_change())
+    }
+}
+
+#[tokio::test]
+async fn control_plane_starts_without_errors_or_warnings_at_info() {
+    let (logs, _guard) = CapturedLogs::install("info");
+    let env = TestEnv::builder()
+        .controller_manager(true)
+        .crd::<Widget>()
+        .start()
+        .await
+        .expect("control plane");
+    drop(env);
+    assert_eq!(
+        logs.errors_and_warnings(),
+        Vec::<String>::new(),
+        "all lines:\n{}",
+        logs.lines().join("\n")
+    );
+}
+
+#[tokio::test]
+async fn handler_lines_carry_the_object_and_errors_name_it() {
+    let (logs, _guard) = CapturedLogs::install("info");
+    let env = TestEnv::builder()
+        .crd::<Widget>()
+        .start()
+        .await
+        .expect("control plane");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let operator = Operator::with_reconciler(env.client(), Chatty).shutdown_on(async move {
+        let _ = stopped.await;
+    });
+    let task = tokio::spawn(operator.run());
+    let api = api::<Widget>(env.client());
+    for (name, mode) in [("traced", Mode::Ok), ("broken", Mode::Fail)] {
+        api.create(&PostParams::default(), &Widget::build(name, 7, mode))
+            .await
+            .unwrap();
+    }
+    let (hello, failed) = eventually("the handler's lines and the failure", || async {
+        let lines = logs.lines();
+        let hello = lines
+            .iter()
+            .find(|l| l.contains("handler says hello") && l.contains("name=traced"))?
+            .clone();
+        let failed = lines
+            .iter()
+            .find(|l| l.contains("reconcile failed"))?
+            .clone();
+        Some((hello, failed))
+    })
+    .await;
+    for field in [
+        "kind=Widget",
+        "namespace=default",
+        "name=traced",
+        "generation=1",
+        "reconcile_id=",
+    ] {
+        assert!(hello.contains(field), "{field} missing in {hello:?}");
+    }
+    for field in ["namespace=default", "name=broken", "the test asked to fail"] {
+        assert!(failed.contains(field), "{field} missing in {failed:?}");
+    }
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
