@@ -264,6 +264,35 @@ where
     }
 }
 
+/// Adds `rule` to `rules`: its verbs join a rule for the same groups and resources.
+fn merge_rule(rules: &mut Vec<PolicyRule>, rule: PolicyRule) {
+    let same = rules.iter_mut().find(|mine| {
+        mine.api_groups == rule.api_groups
+            && mine.resources == rule.resources
+            && mine.resource_names == rule.resource_names
+            && mine.non_resource_urls == rule.non_resource_urls
+    });
+    match same {
+        Some(mine) => {
+            for verb in rule.verbs {
+                if !mine.verbs.contains(&verb) {
+                    mine.verbs.push(verb);
+                }
+            }
+        }
+        None => {
+            let mut rule = rule;
+            let mut seen = Vec::new();
+            rule.verbs.retain(|verb| {
+                let new = !seen.contains(verb);
+                seen.push(verb.clone());
+                new
+            });
+            rules.push(rule);
+        }
+    }
+}
+
 fn rule(group: &str, resource: &str, verbs: &[&str]) -> PolicyRule {
     PolicyRule {
         api_groups: Some(vec![group.to_owned()]),
@@ -333,6 +362,73 @@ impl fmt::Display for MissingPermissions {
 impl std::error::Error for MissingPermissions {}
 
 impl Rbac {
+    /// The union of several operators' RBAC, as one [`Manager`](crate::runtime::Manager) of
+    /// them needs it: one role per scope (named `name`, or `name-leader-election` for the Lease
+    /// role), rules merged per API group and resource, no verb twice.
+    ///
+    /// ```
+    /// use kuberator::manifests::{Rbac, RbacOptions, rbac_rules_for};
+    /// use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    ///
+    /// let a = rbac_rules_for::<ConfigMap>(&RbacOptions::new("a").events(true));
+    /// let b = rbac_rules_for::<Secret>(&RbacOptions::new("b").events(true));
+    /// let both = Rbac::union("manager", [a, b]);
+    /// assert_eq!(both.grants.len(), 1);
+    /// let events = both.grants[0].rules.iter()
+    ///     .filter(|r| r.resources.as_deref() == Some(&["events".to_owned()][..]))
+    ///     .count();
+    /// assert_eq!(events, 1);
+    /// ```
+    pub fn union(name: &str, rbacs: impl IntoIterator<Item = Rbac>) -> Rbac {
+        let mut union = Rbac {
+            grants: Vec::new(),
+            service_account: None,
+        };
+        for rbac in rbacs {
+            union.merge(rbac);
+        }
+        for grant in &mut union.grants {
+            let lease_only = grant.rules.iter().all(|rule| {
+                rule.resources.as_deref() == Some(&["leases".to_owned()][..])
+                    && rule.api_groups.as_deref() == Some(&["coordination.k8s.io".to_owned()][..])
+            });
+            grant.name = if lease_only {
+                format!("{name}-leader-election")
+            } else {
+                name.to_owned()
+            };
+        }
+        union
+    }
+
+    /// Adds `other`'s grants: rules of a grant with the same scope and name kind (resource role
+    /// or Lease role) join the existing grant, merged per API group and resource.
+    pub fn merge(&mut self, other: Rbac) {
+        for grant in other.grants {
+            let lease = grant.name.ends_with("-leader-election");
+            let existing = self.grants.iter_mut().find(|mine| {
+                mine.scope == grant.scope && mine.name.ends_with("-leader-election") == lease
+            });
+            match existing {
+                Some(mine) => {
+                    for rule in grant.rules {
+                        merge_rule(&mut mine.rules, rule);
+                    }
+                }
+                None => {
+                    let mut rules = Vec::new();
+                    for rule in grant.rules {
+                        merge_rule(&mut rules, rule);
+                    }
+                    self.grants.push(Grant { rules, ..grant });
+                }
+            }
+        }
+        if self.service_account.is_none() {
+            self.service_account = other.service_account;
+        }
+    }
+
     /// Every single permission the grants give, one per verb, resource and namespace.
     pub fn permissions(&self) -> Vec<Permission> {
         let mut permissions = Vec::new();

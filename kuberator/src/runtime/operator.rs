@@ -7,7 +7,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use futures::{FutureExt, StreamExt, future::Shared, stream::SelectAll};
+use futures::{FutureExt, StreamExt, future::BoxFuture, stream::SelectAll};
 use kube::{
     Api, Client, Resource, ResourceExt,
     core::PartialObjectMeta,
@@ -25,8 +25,11 @@ use tracing::Instrument;
 
 use super::{
     backoff::{Backoff, FailureCounts},
-    health::{HealthServer, Readiness},
     leader::{LeaderElection, Leadership},
+    manager::{
+        BoxedShutdown, Controller as ManagedController, IntoControllerSealed, Manager,
+        ProcessSettings, Services,
+    },
     metrics::{ControllerMetrics, Metrics},
     shutdown::shutdown_signal,
     watch::typed_watch,
@@ -35,7 +38,7 @@ use crate::{
     cache::ApiScope,
     error::{Error, ObjectKey, Result, RetryPolicy},
     finalize::Object,
-    manifests::{Rbac, check_permissions},
+    manifests::Rbac,
 };
 
 /// What the controller loop drives: one reconcile, what to do after an error, and the retry.
@@ -77,7 +80,6 @@ pub fn default_error_policy(error: &Error, failures: u32, backoff: &Backoff) -> 
     }
 }
 
-type BoxedShutdown = Shared<Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>>>;
 type OwnsFn<R> = Box<dyn Fn(Controller<R>, &Client, Option<&str>) -> Controller<R> + Send + Sync>;
 
 /// The controller loop for `R`, configured with a builder.
@@ -318,7 +320,8 @@ impl<R: Object> Operator<R> {
         self.shutdown_on(shutdown_signal())
     }
 
-    /// Runs until the shutdown signal (or forever without one).
+    /// Runs until the shutdown signal (or forever without one): a [`Manager`] of this one
+    /// controller.
     ///
     /// Errors of single objects never stop the loop: they are logged with the object's name and
     /// retried with backoff. A panicking handler is caught and treated as an error.
@@ -331,108 +334,80 @@ impl<R: Object> Operator<R> {
     /// `list` and `watch` on the resource (and on owned and related kinds); `patch` on it and its
     /// status for the finalizer and status writes; leases with leader election.
     pub async fn run(self) -> Result<()> {
-        let name = self.name;
-        if let Some(rbac) = &self.permissions {
-            check_permissions(&self.client, rbac).await?;
+        Manager::new(self.client.clone()).add(self).run().await
+    }
+}
+
+impl<R: Object> IntoControllerSealed for Operator<R> {
+    fn into_controller(self) -> Box<dyn ManagedController> {
+        Box::new(self)
+    }
+}
+
+impl<R: Object> ManagedController for Operator<R> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn take_settings(&mut self) -> ProcessSettings {
+        ProcessSettings {
+            shutdown: self.shutdown.take(),
+            metrics: self.metrics.take(),
+            health: self.health.take(),
+            leader_election: self.leader_election.take(),
+            leadership: self.leadership.take(),
+            permissions: self.permissions.take(),
         }
-        let metrics = match (&self.metrics, self.health) {
-            (Some(metrics), _) => Some(metrics.clone()),
-            (None, Some(_)) => Some(Metrics::new()),
-            (None, None) => None,
-        };
-        let controller_metrics = metrics.as_ref().map(|m| {
+    }
+
+    fn start(self: Box<Self>, services: &Services) -> Result<BoxFuture<'static, ()>> {
+        let this = *self;
+        let name = this.name;
+        let controller_metrics = services.metrics.as_ref().map(|m| {
             let cm = m.controller(name.clone());
-            cm.set_max_concurrent_reconciles(self.concurrency);
+            cm.set_max_concurrent_reconciles(this.concurrency);
             cm
         });
-        let leadership = match (self.leadership, self.leader_election) {
-            (Some(leadership), _) => Some(leadership),
-            (None, Some(election)) => {
-                let election = match &metrics {
-                    Some(m) => election.metrics(m.clone()),
-                    None => election,
-                };
-                Some(Arc::new(election.start()?))
-            }
-            (None, None) => None,
-        };
-        // When the user's signal fires, standbys waiting for leadership give up too.
-        let shutdown: Option<BoxedShutdown> = self.shutdown.map(|signal| {
-            let leadership = leadership.clone();
-            let wrapped: Pin<Box<dyn Future<Output = ()> + Send + Sync>> = Box::pin(async move {
-                signal.await;
-                if let Some(leadership) = &leadership {
-                    leadership.shutdown();
-                }
-            });
-            wrapped.shared()
-        });
-        let readiness = Readiness::new();
-        if let Some(addr) = self.health {
-            let server = HealthServer::bind(addr, metrics.clone(), readiness.clone()).await?;
-            tracing::info!(controller = %name, addr = %server.local_addr(), "serving /metrics, /healthz, /readyz");
-            let stop = shutdown.clone();
-            tokio::spawn(async move {
-                let stop = async move {
-                    match stop {
-                        Some(stop) => stop.await,
-                        None => std::future::pending().await,
-                    }
-                };
-                if let Err(error) = server.serve(stop).await {
-                    tracing::error!(%error, "health server failed");
-                }
-            });
-        }
         let shared = Arc::new(LoopState {
-            reconciler: self.reconciler,
+            reconciler: this.reconciler,
             failures: FailureCounts::new(),
-            backoff: self.backoff,
-            permits: Arc::new(Semaphore::new(usize::from(self.concurrency))),
+            backoff: this.backoff,
+            permits: Arc::new(Semaphore::new(usize::from(this.concurrency))),
             kind: R::kind(&()).into_owned(),
             metrics: controller_metrics,
-            leadership: leadership.clone(),
+            leadership: services.leadership.clone(),
         });
-        let scopes: Vec<Option<String>> = if self.namespaces.is_empty() {
+        let scopes: Vec<Option<String>> = if this.namespaces.is_empty() {
             vec![None]
         } else {
-            self.namespaces.iter().cloned().map(Some).collect()
+            this.namespaces.iter().cloned().map(Some).collect()
         };
         let mut loops = SelectAll::new();
-        // Ready once every scope has listed its objects (a warm cache, leader or standby).
-        let unlisted = Arc::new(std::sync::atomic::AtomicUsize::new(scopes.len()));
         for scope in &scopes {
             let (reader, writer) = reflector::store::<R>();
-            let listed_once = std::sync::atomic::AtomicBool::new(false);
-            let (unlisted, readiness) = (unlisted.clone(), readiness.clone());
-            let on_listed = move || {
-                use std::sync::atomic::Ordering::SeqCst;
-                if !listed_once.swap(true, SeqCst) && unlisted.fetch_sub(1, SeqCst) == 1 {
-                    tracing::debug!("initial lists synced: ready");
-                    readiness.set_ready(true);
-                }
-            };
+            // Ready once every scope has listed its objects (a warm cache, leader or standby).
+            let on_listed = services.readiness.expect(&name);
             let watch = typed_watch::<R>(
-                self.client.clone(),
+                services.client.clone(),
                 scope.as_deref(),
-                self.watcher_config.clone(),
+                this.watcher_config.clone(),
                 on_listed,
             )
             .reflect(writer)
             .applied_objects();
-            let trigger: Pin<Box<dyn futures::Stream<Item = _> + Send>> = if self.generation_filter
+            let trigger: Pin<Box<dyn futures::Stream<Item = _> + Send>> = if this.generation_filter
             {
                 Box::pin(watch.predicate_filter(generation_or_deletion, Default::default()))
             } else {
                 Box::pin(watch)
             };
             let mut controller = Controller::for_stream(trigger, reader).with_config(
-                kube::runtime::controller::Config::default().concurrency(self.concurrency),
+                kube::runtime::controller::Config::default().concurrency(this.concurrency),
             );
-            for owns in &self.owns {
-                controller = owns(controller, &self.client, scope.as_deref());
+            for owns in &this.owns {
+                controller = owns(controller, &services.client, scope.as_deref());
             }
-            if let Some(shutdown) = &shutdown {
+            if let Some(shutdown) = &services.shutdown {
                 controller = controller.graceful_shutdown_on(shutdown.clone());
             }
             loops.push(
@@ -441,30 +416,39 @@ impl<R: Object> Operator<R> {
                     .boxed(),
             );
         }
-        tracing::info!(controller = %name, scopes = ?scopes, concurrency = self.concurrency, "controller started");
-        while let Some(result) = loops.next().await {
-            match result {
-                Ok((object, action)) => {
-                    tracing::debug!(controller = %name, object = %object, ?action, "reconciled");
-                }
-                Err(kube::runtime::controller::Error::ReconcilerFailed(error, object)) => {
-                    // Logged with its context where it happened; this is the controller's echo.
-                    tracing::debug!(controller = %name, object = %object, error = %error, "reconcile failed");
-                }
-                Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
-                    tracing::debug!(controller = %name, object = %object, "object gone before its reconcile");
-                }
-                Err(error) => {
-                    tracing::warn!(controller = %name, error = %error, "controller error");
-                }
+        tracing::info!(controller = %name, scopes = ?scopes, concurrency = this.concurrency, "controller started");
+        Ok(async move {
+            while let Some(result) = loops.next().await {
+                log_result(&name, result);
             }
+            shared.reconciler.shutdown().await;
+            tracing::info!(controller = %name, "controller stopped");
         }
-        shared.reconciler.shutdown().await;
-        if let Some(leadership) = &leadership {
-            leadership.release().await;
+        .boxed())
+    }
+}
+
+fn log_result<R: Object>(
+    name: &str,
+    result: std::result::Result<
+        (ObjectRef<R>, Action),
+        kube::runtime::controller::Error<Error, watcher::Error>,
+    >,
+) {
+    match result {
+        Ok((object, action)) => {
+            tracing::debug!(controller = %name, object = %object, ?action, "reconciled");
         }
-        tracing::info!(controller = %name, "controller stopped");
-        Ok(())
+        Err(kube::runtime::controller::Error::ReconcilerFailed(error, object)) => {
+            // Logged with its context where it happened; this is the controller's echo.
+            tracing::debug!(controller = %name, object = %object, error = %error, "reconcile failed");
+        }
+        Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
+            tracing::debug!(controller = %name, object = %object, "object gone before its reconcile");
+        }
+        Err(error) => {
+            tracing::warn!(controller = %name, error = %error, "controller error");
+        }
     }
 }
 

@@ -1,0 +1,405 @@
+//! `Manager`: many controllers in one process, sharing one leader election, one metrics registry,
+//! one health server, one start-up permission check and one shutdown.
+
+use std::{collections::BTreeMap, future::Future, net::SocketAddr, pin::Pin, sync::Arc};
+
+use futures::{
+    FutureExt,
+    future::{BoxFuture, Shared},
+};
+use kube::Client;
+
+use super::{
+    health::{HealthServer, Readiness},
+    leader::{LeaderElection, Leadership},
+    metrics::Metrics,
+    shutdown::shutdown_signal,
+};
+use crate::{
+    error::Result,
+    manifests::{Rbac, check_permissions},
+};
+
+pub(crate) type BoxedShutdown = Shared<Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>>>;
+
+/// Runs several controllers in one process with one of each process-wide service: one leader
+/// election (every controller reconciles only while the manager leads), one metrics registry
+/// (each controller's series under its own `controller` label), one health server (`/readyz` is
+/// ready once every controller's watches have listed), one start-up permission check (the union
+/// of every controller's rules) and one shutdown (no new reconciles, in-flight ones of every
+/// controller finish, then the Lease is released).
+///
+/// Settings of the process live on the manager. An [`Operator`](crate::Operator) added with
+/// its own [`health`](crate::Operator::health), [`metrics`](crate::Operator::metrics),
+/// [`leader_election`](crate::Operator::leader_election) or shutdown trigger hands them to the
+/// manager when the manager has none (the first added operator wins; later conflicting ones are
+/// logged and ignored). Permission checks of all operators are merged.
+/// [`Operator::run`](crate::Operator::run) is a manager of one.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use kuberator::{Action, Operator, Reconciler, Result, runtime::Manager};
+/// # use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+/// struct Noop;
+/// #[async_trait::async_trait]
+/// impl Reconciler<ConfigMap> for Noop {
+///     async fn reconcile(&self, _cm: Arc<ConfigMap>) -> Result<Action> {
+///         Ok(Action::await_change())
+///     }
+/// }
+/// #[async_trait::async_trait]
+/// impl Reconciler<Secret> for Noop {
+///     async fn reconcile(&self, _s: Arc<Secret>) -> Result<Action> {
+///         Ok(Action::await_change())
+///     }
+/// }
+/// # async fn doc(client: kube::Client) -> kuberator::Result<()> {
+/// Manager::new(client.clone())
+///     .add(Operator::<ConfigMap>::with_reconciler(client.clone(), Noop))
+///     .add(Operator::<Secret>::with_reconciler(client, Noop))
+///     .health(([0, 0, 0, 0], 8080).into())
+///     .shutdown_on_signal()
+///     .run()
+///     .await
+/// # }
+/// ```
+pub struct Manager {
+    client: Client,
+    controllers: Vec<Box<dyn Controller>>,
+    settings: ProcessSettings,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.controllers.iter().map(|c| c.name()).collect();
+        f.debug_struct("Manager")
+            .field("controllers", &names)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The process-wide settings an operator can carry; the manager owns them.
+#[derive(Default)]
+pub(crate) struct ProcessSettings {
+    pub(crate) shutdown: Option<BoxedShutdown>,
+    pub(crate) metrics: Option<Metrics>,
+    pub(crate) health: Option<SocketAddr>,
+    pub(crate) leader_election: Option<LeaderElection>,
+    pub(crate) leadership: Option<Arc<Leadership>>,
+    pub(crate) permissions: Option<Rbac>,
+}
+
+impl ProcessSettings {
+    /// Takes over what `other` sets and `self` does not; merges permissions and shutdowns.
+    fn adopt(&mut self, other: ProcessSettings, controller: &str) {
+        fn first<T>(mine: &mut Option<T>, theirs: Option<T>, what: &str, controller: &str) {
+            match (mine.is_some(), theirs) {
+                (false, theirs) => *mine = theirs,
+                (true, Some(_)) => tracing::warn!(
+                    controller,
+                    "the manager already has a {what}; the controller's own one is ignored"
+                ),
+                (true, None) => {}
+            }
+        }
+        self.shutdown = match (self.shutdown.take(), other.shutdown) {
+            (Some(a), Some(b)) => Some(any_of(a, b)),
+            (a, b) => a.or(b),
+        };
+        first(
+            &mut self.metrics,
+            other.metrics,
+            "metrics registry",
+            controller,
+        );
+        first(&mut self.health, other.health, "health address", controller);
+        if self.leadership.is_none() {
+            first(
+                &mut self.leader_election,
+                other.leader_election,
+                "leader election",
+                controller,
+            );
+        }
+        if self.leader_election.is_none() {
+            first(
+                &mut self.leadership,
+                other.leadership,
+                "leader election",
+                controller,
+            );
+        }
+        self.permissions = match (self.permissions.take(), other.permissions) {
+            (Some(mut a), Some(b)) => {
+                a.merge(b);
+                Some(a)
+            }
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+fn any_of(a: BoxedShutdown, b: BoxedShutdown) -> BoxedShutdown {
+    let either: Pin<Box<dyn Future<Output = ()> + Send + Sync>> =
+        Box::pin(async move { futures::future::select(a, b).await.factor_first().0 });
+    either.shared()
+}
+
+/// What every controller of a manager shares at run time.
+pub(crate) struct Services {
+    pub(crate) client: Client,
+    pub(crate) metrics: Option<Metrics>,
+    pub(crate) leadership: Option<Arc<Leadership>>,
+    pub(crate) shutdown: Option<BoxedShutdown>,
+    pub(crate) readiness: ReadinessGate,
+}
+
+/// A controller a [`Manager`] can run; implemented by [`Operator`](crate::Operator).
+pub(crate) trait Controller: Send {
+    /// The controller's name (the `controller` label, logs, errors).
+    fn name(&self) -> &str;
+
+    /// Hands the process-wide settings to the manager.
+    fn take_settings(&mut self) -> ProcessSettings;
+
+    /// Builds the controller's loop on the shared services; the future runs until shutdown.
+    ///
+    /// # Errors
+    /// When the controller cannot start.
+    fn start(self: Box<Self>, services: &Services) -> Result<BoxFuture<'static, ()>>;
+}
+
+/// Something [`Manager::add`] accepts: an [`Operator`](crate::Operator) (also what a
+/// `#[kuberator::operator]` handler's generated `operator(client)` returns).
+#[allow(private_bounds)]
+pub trait IntoController: IntoControllerSealed {}
+
+pub(crate) trait IntoControllerSealed {
+    fn into_controller(self) -> Box<dyn Controller>;
+}
+
+impl<T: IntoControllerSealed> IntoController for T {}
+
+impl Manager {
+    /// A manager with no controllers yet.
+    pub fn new(client: Client) -> Self {
+        Manager {
+            client,
+            controllers: Vec::new(),
+            settings: ProcessSettings::default(),
+        }
+    }
+
+    /// Adds a controller. Its process-wide settings (health address, leader election, metrics,
+    /// shutdown) go to the manager unless the manager already has them; its permission check is
+    /// merged into the manager's.
+    #[must_use]
+    // A builder step, as controller-runtime's `mgr.Add`; not arithmetic.
+    #[allow(clippy::should_implement_trait)]
+    pub fn add(mut self, controller: impl IntoController) -> Self {
+        let mut controller = controller.into_controller();
+        let settings = controller.take_settings();
+        let name = controller.name().to_owned();
+        self.settings.adopt(settings, &name);
+        self.controllers.push(controller);
+        self
+    }
+
+    /// The names of the controllers added so far.
+    pub fn controller_names(&self) -> Vec<&str> {
+        self.controllers.iter().map(|c| c.name()).collect()
+    }
+
+    /// Stops gracefully when `signal` resolves: no controller starts a new reconcile, in-flight
+    /// ones finish, then [`run`](Manager::run) returns.
+    #[must_use]
+    pub fn shutdown_on(mut self, signal: impl Future<Output = ()> + Send + Sync + 'static) -> Self {
+        let boxed: Pin<Box<dyn Future<Output = ()> + Send + Sync>> = Box::pin(signal);
+        self.settings.shutdown = Some(boxed.shared());
+        self
+    }
+
+    /// Stops gracefully on SIGTERM or SIGINT.
+    #[must_use]
+    pub fn shutdown_on_signal(self) -> Self {
+        self.shutdown_on(shutdown_signal())
+    }
+
+    /// Records every controller's metrics in `metrics` (each under its `controller` label).
+    #[must_use]
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.settings.metrics = Some(metrics);
+        self
+    }
+
+    /// Serves `/metrics`, `/healthz` and `/readyz` on `addr`; ready once every controller's
+    /// watches have listed.
+    #[must_use]
+    pub fn health(mut self, addr: SocketAddr) -> Self {
+        self.settings.health = Some(addr);
+        self
+    }
+
+    /// Every controller reconciles only while the manager holds `election`'s Lease; standbys keep
+    /// all caches warm.
+    #[must_use]
+    pub fn leader_election(mut self, election: LeaderElection) -> Self {
+        self.settings.leader_election = Some(election);
+        self.settings.leadership = None;
+        self
+    }
+
+    /// Like [`leader_election`](Manager::leader_election), with an election started by hand.
+    /// The manager releases it when every controller stopped.
+    #[must_use]
+    pub fn with_leadership(mut self, leadership: Arc<Leadership>) -> Self {
+        self.settings.leadership = Some(leadership);
+        self.settings.leader_election = None;
+        self
+    }
+
+    /// Checks at start-up that the manager holds every permission of `rbac` (merged with the
+    /// permissions of the controllers that carry their own check).
+    #[must_use]
+    pub fn check_permissions(mut self, rbac: Rbac) -> Self {
+        self.settings.permissions = Some(match self.settings.permissions.take() {
+            Some(mut mine) => {
+                mine.merge(rbac);
+                mine
+            }
+            None => rbac,
+        });
+        self
+    }
+
+    /// Runs every controller until the shutdown signal (or forever without one).
+    ///
+    /// # Errors
+    /// Missing permissions (one error naming each), a controller that cannot start (the error
+    /// names it), a health address that cannot be bound, inconsistent leader-election timing.
+    ///
+    /// # Access control
+    /// What each controller needs (see [`Operator::run`](crate::Operator::run)); leases with
+    /// leader election.
+    pub async fn run(self) -> Result<()> {
+        let Manager {
+            client,
+            controllers,
+            settings,
+        } = self;
+        if let Some(rbac) = &settings.permissions {
+            check_permissions(&client, rbac).await?;
+        }
+        let metrics = match (settings.metrics, settings.health) {
+            (Some(metrics), _) => Some(metrics),
+            (None, Some(_)) => Some(Metrics::new()),
+            (None, None) => None,
+        };
+        let leadership = match (settings.leadership, settings.leader_election) {
+            (Some(leadership), _) => Some(leadership),
+            (None, Some(election)) => {
+                let election = match &metrics {
+                    Some(m) => election.metrics(m.clone()),
+                    None => election,
+                };
+                Some(Arc::new(election.start()?))
+            }
+            (None, None) => None,
+        };
+        // When the user's signal fires, standbys waiting for leadership give up too.
+        let shutdown: Option<BoxedShutdown> = settings.shutdown.map(|signal| {
+            let leadership = leadership.clone();
+            let wrapped: Pin<Box<dyn Future<Output = ()> + Send + Sync>> = Box::pin(async move {
+                signal.await;
+                if let Some(leadership) = &leadership {
+                    leadership.shutdown();
+                }
+            });
+            wrapped.shared()
+        });
+        let readiness = Readiness::new();
+        let services = Services {
+            client,
+            metrics: metrics.clone(),
+            leadership: leadership.clone(),
+            shutdown: shutdown.clone(),
+            readiness: ReadinessGate::new(readiness.clone()),
+        };
+        let mut loops = Vec::with_capacity(controllers.len());
+        for controller in controllers {
+            loops.push(controller.start(&services)?);
+        }
+        if let Some(addr) = settings.health {
+            let server = HealthServer::bind(addr, metrics, readiness).await?;
+            tracing::info!(addr = %server.local_addr(), "serving /metrics, /healthz, /readyz");
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let stop = async move {
+                    match stop {
+                        Some(stop) => stop.await,
+                        None => std::future::pending().await,
+                    }
+                };
+                if let Err(error) = server.serve(stop).await {
+                    tracing::error!(%error, "health server failed");
+                }
+            });
+        }
+        futures::future::join_all(loops).await;
+        if let Some(leadership) = &leadership {
+            leadership.release().await;
+        }
+        Ok(())
+    }
+}
+
+/// Readiness of the whole manager: ready once every registered watch of every controller has
+/// listed its objects once.
+#[derive(Clone)]
+pub(crate) struct ReadinessGate {
+    readiness: Readiness,
+    pending: Arc<std::sync::Mutex<BTreeMap<String, usize>>>,
+}
+
+impl ReadinessGate {
+    fn new(readiness: Readiness) -> Self {
+        ReadinessGate {
+            readiness,
+            pending: Arc::default(),
+        }
+    }
+
+    /// Registers one more watch of `controller` that must list before the manager is ready; the
+    /// returned callback marks it listed (calls after the first do nothing).
+    pub(crate) fn expect(&self, controller: &str) -> impl Fn() + Send + Sync + 'static {
+        *lock(&self.pending)
+            .entry(controller.to_owned())
+            .or_default() += 1;
+        let gate = self.clone();
+        let controller = controller.to_owned();
+        let once = std::sync::atomic::AtomicBool::new(false);
+        move || {
+            if once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            let mut pending = lock(&gate.pending);
+            if let Some(count) = pending.get_mut(&controller) {
+                *count -= 1;
+                if *count == 0 {
+                    pending.remove(&controller);
+                    tracing::debug!(controller = %controller, "initial lists synced");
+                }
+            }
+            if pending.is_empty() {
+                tracing::debug!("every controller synced: ready");
+                gate.readiness.set_ready(true);
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
