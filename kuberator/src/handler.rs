@@ -17,7 +17,7 @@ use crate::{
     events::{EmitEvent, EventData, EventRecorder},
     finalize::{Finalize, Object, with_finalizer},
     repository::K8sRepository,
-    runtime::{Backoff, Operator, Reconciler},
+    runtime::{Backoff, Cache, Cached, Caches, Operator, Reconciler},
     status::ObserveGeneration,
 };
 
@@ -67,6 +67,7 @@ pub struct Ctx<R: Object> {
     events: Option<EventRecorder>,
     finalizer: Option<&'static str>,
     namespaces: Vec<String>,
+    caches: Caches,
 }
 
 impl<R: Object> Ctx<R>
@@ -116,6 +117,18 @@ impl<R: Object> Ctx<R> {
     /// The watched namespaces (empty: all, or the cluster scope).
     pub fn namespaces(&self) -> &[String] {
         &self.namespaces
+    }
+
+    /// The shared cache of `K` held by the [`Manager`](crate::runtime::Manager) this handler
+    /// runs in: get and list without a request to the API server. The manager must watch `K`
+    /// (as some controller's primary, owned or related kind; `PartialObjectMeta<K>` for
+    /// metadata-only `owns`); declare the read with [`Operator::reads`] to have that checked at
+    /// start-up. The cache lags behind writes, see [`Cache`].
+    ///
+    /// # Errors
+    /// When no watch of the manager holds `K`, or before the manager started.
+    pub fn cache<K: Cached>(&self) -> Result<Cache<K>> {
+        self.caches.get::<K>()
     }
 
     /// The cached API handle for `object`'s namespace.
@@ -299,6 +312,7 @@ where
             name,
             finalizer: self.finalizer,
             namespaces,
+            caches: Caches::new(),
         })
     }
 }
@@ -358,10 +372,15 @@ where
     /// An operator running `handler` with its context's namespaces and name.
     pub fn new<H: Handler<R>>(handler: H) -> Self {
         let ctx = handler.ctx();
-        let (client, namespaces, name) =
-            (ctx.client.clone(), ctx.namespaces.clone(), ctx.name.clone());
+        let (client, namespaces, name, caches) = (
+            ctx.client.clone(),
+            ctx.namespaces.clone(),
+            ctx.name.clone(),
+            ctx.caches.clone(),
+        );
         Operator::with_reconciler(client, HandlerReconciler(handler))
             .namespaces(namespaces)
             .name(name)
+            .share_caches(caches)
     }
 }

@@ -13,6 +13,7 @@ use super::{
     health::{HealthServer, Readiness},
     leader::{LeaderElection, Leadership},
     metrics::Metrics,
+    shared::{Caches, SharedWatches},
     shutdown::shutdown_signal,
 };
 use crate::{
@@ -154,6 +155,20 @@ pub(crate) struct Services {
     pub(crate) readiness: ReadinessGate,
 }
 
+/// What controllers register while they are built: watches, cache handles, declared reads.
+pub(crate) struct Setup {
+    pub(crate) watches: SharedWatches,
+    pub(crate) caches: Vec<Caches>,
+    pub(crate) reads: Vec<Read>,
+}
+
+/// A kind a controller reads from the shared cache ([`Operator::reads`](crate::Operator::reads)).
+pub(crate) struct Read {
+    pub(crate) controller: String,
+    pub(crate) kind: String,
+    pub(crate) type_id: std::any::TypeId,
+}
+
 /// A controller a [`Manager`] can run; implemented by [`Operator`](crate::Operator).
 pub(crate) trait Controller: Send {
     /// The controller's name (the `controller` label, logs, errors).
@@ -166,7 +181,11 @@ pub(crate) trait Controller: Send {
     ///
     /// # Errors
     /// When the controller cannot start.
-    fn start(self: Box<Self>, services: &Services) -> Result<BoxFuture<'static, ()>>;
+    fn start(
+        self: Box<Self>,
+        services: &Services,
+        setup: &mut Setup,
+    ) -> Result<BoxFuture<'static, ()>>;
 }
 
 /// Something [`Manager::add`] accepts: an [`Operator`](crate::Operator) (also what a
@@ -325,10 +344,39 @@ impl Manager {
             shutdown: shutdown.clone(),
             readiness: ReadinessGate::new(readiness.clone()),
         };
+        let mut setup = Setup {
+            watches: SharedWatches::new(),
+            caches: Vec::new(),
+            reads: Vec::new(),
+        };
         let mut loops = Vec::with_capacity(controllers.len());
         for controller in controllers {
-            loops.push(controller.start(&services)?);
+            loops.push(controller.start(&services, &mut setup)?);
         }
+        let unwatched: Vec<String> = setup
+            .reads
+            .iter()
+            .filter(|read| !setup.watches.watches(read.type_id))
+            .map(|read| format!("controller `{}` reads {}", read.controller, read.kind))
+            .collect();
+        if !unwatched.is_empty() {
+            return Err(anyhow::anyhow!(
+                "{} from the shared cache, but no controller of the manager watches it (a read \
+                 never starts a watch): add `.owns::<…>()` or `.watches::<…>(…)` to a controller",
+                unwatched.join("; ")
+            )
+            .into());
+        }
+        let caches = setup.watches.caches();
+        for handle in &setup.caches {
+            handle.install(caches.clone());
+        }
+        tracing::info!(
+            controllers = loops.len(),
+            watches = setup.watches.len(),
+            "manager starting"
+        );
+        let roots = setup.watches.spawn();
         if let Some(addr) = settings.health {
             let server = HealthServer::bind(addr, metrics, readiness).await?;
             tracing::info!(addr = %server.local_addr(), "serving /metrics, /healthz, /readyz");
@@ -346,6 +394,9 @@ impl Manager {
             });
         }
         futures::future::join_all(loops).await;
+        for root in roots {
+            root.abort();
+        }
         if let Some(leadership) = &leadership {
             leadership.release().await;
         }

@@ -6,6 +6,7 @@ pub mod leader;
 mod manager;
 pub mod metrics;
 mod operator;
+mod shared;
 mod shutdown;
 mod watch;
 
@@ -15,5 +16,6 @@ pub use leader::{LeaderElection, Leadership};
 pub use manager::{IntoController, Manager};
 pub use metrics::{ControllerMetrics, Metrics};
 pub use operator::{Operator, Reconciler, default_error_policy};
+pub use shared::{Cache, Cached, Caches};
 pub use shutdown::shutdown_signal;
 pub(crate) use watch::decode_dynamic;

@@ -2,12 +2,16 @@
 //! backoff, panic guard, graceful shutdown.
 
 use std::{
-    fmt::Debug, future::Future, net::SocketAddr, panic::AssertUnwindSafe, pin::Pin, sync::Arc,
-    time::Duration,
+    any::TypeId, collections::HashMap, fmt::Debug, future::Future, net::SocketAddr,
+    panic::AssertUnwindSafe, pin::Pin, sync::Arc, time::Duration,
 };
 
 use async_trait::async_trait;
-use futures::{FutureExt, StreamExt, future::BoxFuture, stream::SelectAll};
+use futures::{
+    FutureExt, StreamExt,
+    future::BoxFuture,
+    stream::{BoxStream, SelectAll},
+};
 use kube::{
     Api, Client, Resource, ResourceExt,
     core::PartialObjectMeta,
@@ -28,9 +32,10 @@ use super::{
     leader::{LeaderElection, Leadership},
     manager::{
         BoxedShutdown, Controller as ManagedController, IntoControllerSealed, Manager,
-        ProcessSettings, Services,
+        ProcessSettings, Read, ReadinessGate, Services, Setup,
     },
     metrics::{ControllerMetrics, Metrics},
+    shared::{Caches, SharedWatches},
     shutdown::shutdown_signal,
     watch::typed_watch,
 };
@@ -80,7 +85,16 @@ pub fn default_error_policy(error: &Error, failures: u32, backoff: &Backoff) -> 
     }
 }
 
-type OwnsFn<R> = Box<dyn Fn(Controller<R>, &Client, Option<&str>) -> Controller<R> + Send + Sync>;
+type OwnsFn<R> =
+    Box<dyn Fn(Controller<R>, &mut Wiring<'_>, Option<&str>) -> Controller<R> + Send + Sync>;
+
+/// What an `owns`/`watches` step needs to subscribe to the manager's shared watches.
+struct Wiring<'a> {
+    watches: &'a mut SharedWatches,
+    client: &'a Client,
+    readiness: &'a ReadinessGate,
+    name: &'a str,
+}
 
 /// The controller loop for `R`, configured with a builder.
 ///
@@ -114,6 +128,8 @@ pub struct Operator<R: Object> {
     generation_filter: bool,
     backoff: Backoff,
     owns: Vec<OwnsFn<R>>,
+    caches: Vec<Caches>,
+    reads: Vec<(TypeId, String)>,
     shutdown: Option<BoxedShutdown>,
     metrics: Option<Metrics>,
     health: Option<SocketAddr>,
@@ -139,6 +155,8 @@ where
             generation_filter: true,
             backoff: Backoff::default(),
             owns: Vec::new(),
+            caches: Vec::new(),
+            reads: Vec::new(),
             shutdown: None,
             metrics: None,
             health: None,
@@ -211,15 +229,25 @@ impl<R: Object> Operator<R> {
             Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
         Child::Scope: ApiScope,
     {
-        let config = watcher::Config::default();
         self.owns
-            .push(Box::new(move |controller, client, namespace| {
-                let api: Api<PartialObjectMeta<Child>> =
-                    <Child::Scope as ApiScope>::api(client.clone(), namespace);
-                let children = watcher(api, config.clone())
-                    .default_backoff()
-                    .touched_objects();
-                controller.owns_stream(children)
+            .push(Box::new(move |controller, wiring, namespace| {
+                let client = wiring.client.clone();
+                let ns = namespace.map(str::to_owned);
+                let make = move || {
+                    // `PartialObjectMeta` makes the watch metadata-only.
+                    let api: Api<PartialObjectMeta<Child>> =
+                        <Child::Scope as ApiScope>::api(client, ns.as_deref());
+                    watcher(api, watcher::Config::default())
+                        .default_backoff()
+                        .boxed()
+                };
+                let (_, children) = wiring.watches.subscribe::<PartialObjectMeta<Child>>(
+                    namespace,
+                    &watcher::Config::default(),
+                    make,
+                    wiring.readiness.expect(wiring.name),
+                );
+                controller.owns_shared_stream(children)
             }));
         self
     }
@@ -251,13 +279,46 @@ impl<R: Object> Operator<R> {
         I::IntoIter: Send,
     {
         self.owns
-            .push(Box::new(move |controller, client, namespace| {
-                let api: Api<Other> = <Other::Scope as ApiScope>::api(client.clone(), namespace);
-                let related = watcher(api, watcher::Config::default())
-                    .default_backoff()
-                    .touched_objects();
-                controller.watches_stream(related, mapper.clone())
+            .push(Box::new(move |controller, wiring, namespace| {
+                let client = wiring.client.clone();
+                let ns = namespace.map(str::to_owned);
+                let make = move || {
+                    let api: Api<Other> = <Other::Scope as ApiScope>::api(client, ns.as_deref());
+                    watcher(api, watcher::Config::default())
+                        .default_backoff()
+                        .boxed()
+                };
+                let (_, related) = wiring.watches.subscribe::<Other>(
+                    namespace,
+                    &watcher::Config::default(),
+                    make,
+                    wiring.readiness.expect(wiring.name),
+                );
+                let mapper = mapper.clone();
+                controller.watches_shared_stream(related, move |other: Arc<Other>| {
+                    mapper(Other::clone(&other))
+                })
             }));
+        self
+    }
+
+    /// Declares that the reconciler reads `K` from the manager's shared cache
+    /// ([`Ctx::cache`](crate::Ctx::cache)): the manager then fails at start-up, naming this
+    /// controller and the kind, unless one of its controllers watches `K` (as primary, owned or
+    /// related kind). A read is never a silent new watch.
+    #[must_use]
+    pub fn reads<K: Resource<DynamicType = ()> + 'static>(mut self) -> Self {
+        self.reads
+            .push((TypeId::of::<K>(), K::kind(&()).into_owned()));
+        self
+    }
+
+    /// Fills `caches` with the manager's shared caches when the manager starts; hand a clone to a
+    /// hand-written [`Reconciler`] to read them ([`Operator::new`] does this for a handler's
+    /// [`Ctx`](crate::Ctx)).
+    #[must_use]
+    pub fn share_caches(mut self, caches: Caches) -> Self {
+        self.caches.push(caches);
         self
     }
 
@@ -360,7 +421,11 @@ impl<R: Object> ManagedController for Operator<R> {
         }
     }
 
-    fn start(self: Box<Self>, services: &Services) -> Result<BoxFuture<'static, ()>> {
+    fn start(
+        self: Box<Self>,
+        services: &Services,
+        setup: &mut Setup,
+    ) -> Result<BoxFuture<'static, ()>> {
         let this = *self;
         let name = this.name;
         let controller_metrics = services.metrics.as_ref().map(|m| {
@@ -384,28 +449,32 @@ impl<R: Object> ManagedController for Operator<R> {
         };
         let mut loops = SelectAll::new();
         for scope in &scopes {
-            let (reader, writer) = reflector::store::<R>();
+            let client = services.client.clone();
+            let (ns, config) = (scope.clone(), this.watcher_config.clone());
+            let make = move || typed_watch::<R>(client, ns.as_deref(), config, || {}).boxed();
             // Ready once every scope has listed its objects (a warm cache, leader or standby).
-            let on_listed = services.readiness.expect(&name);
-            let watch = typed_watch::<R>(
-                services.client.clone(),
+            let (reader, changed) = setup.watches.subscribe::<R>(
                 scope.as_deref(),
-                this.watcher_config.clone(),
-                on_listed,
-            )
-            .reflect(writer)
-            .applied_objects();
-            let trigger: Pin<Box<dyn futures::Stream<Item = _> + Send>> = if this.generation_filter
-            {
-                Box::pin(watch.predicate_filter(generation_or_deletion, Default::default()))
+                &this.watcher_config,
+                make,
+                services.readiness.expect(&name),
+            );
+            let trigger: BoxStream<'static, Arc<R>> = if this.generation_filter {
+                generation_filtered(changed, reader.clone()).boxed()
             } else {
-                Box::pin(watch)
+                changed.boxed()
             };
-            let mut controller = Controller::for_stream(trigger, reader).with_config(
+            let mut controller = Controller::for_shared_stream(trigger, reader).with_config(
                 kube::runtime::controller::Config::default().concurrency(this.concurrency),
             );
+            let mut wiring = Wiring {
+                watches: &mut setup.watches,
+                client: &services.client,
+                readiness: &services.readiness,
+                name: &name,
+            };
             for owns in &this.owns {
-                controller = owns(controller, &services.client, scope.as_deref());
+                controller = owns(controller, &mut wiring, scope.as_deref());
             }
             if let Some(shutdown) = &services.shutdown {
                 controller = controller.graceful_shutdown_on(shutdown.clone());
@@ -416,6 +485,14 @@ impl<R: Object> ManagedController for Operator<R> {
                     .boxed(),
             );
         }
+        setup.caches.extend(this.caches);
+        setup
+            .reads
+            .extend(this.reads.into_iter().map(|(type_id, kind)| Read {
+                controller: name.clone(),
+                kind,
+                type_id,
+            }));
         tracing::info!(controller = %name, scopes = ?scopes, concurrency = this.concurrency, "controller started");
         Ok(async move {
             while let Some(result) = loops.next().await {
@@ -450,6 +527,26 @@ fn log_result<R: Object>(
             tracing::warn!(controller = %name, error = %error, "controller error");
         }
     }
+}
+
+/// Drops changes that keep an object's [`generation_or_deletion`] (status, finalizer and label
+/// writes), as kube-runtime's `predicate_filter` does for unshared streams; forgets objects the
+/// cache no longer holds.
+fn generation_filtered<R: Object>(
+    changed: impl futures::Stream<Item = Arc<R>> + Send + 'static,
+    cache: reflector::Store<R>,
+) -> impl futures::Stream<Item = Arc<R>> + Send + 'static {
+    let mut seen: HashMap<ObjectRef<R>, u64> = HashMap::new();
+    changed.filter(move |object| {
+        let keep = match generation_or_deletion(object.as_ref()) {
+            Some(hash) => seen.insert(ObjectRef::from_obj(object.as_ref()), hash) != Some(hash),
+            None => true,
+        };
+        if seen.len() > 1024 && seen.len() > 2 * cache.len() {
+            seen.retain(|key, _| cache.get(key).is_some());
+        }
+        futures::future::ready(keep)
+    })
 }
 
 /// Generation for change detection, plus the deletion mark: status writes are filtered out,
