@@ -3,6 +3,7 @@
 #![allow(unreachable_pub, missing_docs)]
 // Test helpers may panic: a failed expectation is the point of a test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+mod bundle;
 mod caching;
 mod control_plane;
 mod demo;

@@ -213,3 +213,12 @@ pub fn manifests(namespace: &str) -> kuberator::Result<String> {
     let options = StaticSites::rbac_options().service_account(namespace, "staticsites-operator");
     to_yaml::<StaticSite>(&rbac_rules_for::<StaticSite>(&options))
 }
+
+/// The operator's install bundle (see `kuberator::manifests::Bundle`): the CRD, a ServiceAccount,
+/// the least-privilege roles generated from the `#[kuberator::operator]` keys plus a Lease role
+/// for leader election, the Deployment, the metrics Service, and a PodDisruptionBudget with more
+/// than one replica. The image, namespace and replicas come from `manifests --image …`.
+pub fn bundle() -> kuberator::manifests::Bundle {
+    kuberator::manifests::Bundle::for_operator::<StaticSite>(&StaticSites::rbac_options())
+        .leader_election(true)
+}

@@ -1,5 +1,7 @@
-//! Manifests from the operator definition: the CRD, least-privilege RBAC, and the start-up
-//! permission check with SelfSubjectAccessReview.
+//! Manifests from the operator definition: the CRD, least-privilege RBAC, the start-up
+//! permission check with SelfSubjectAccessReview, and the install [`Bundle`] (Namespace,
+//! ServiceAccount, RBAC, CRDs, Deployment, metrics Service, PodDisruptionBudget) that
+//! [`cli`] prints from the operator's own binary (`my-operator manifests --image …`).
 //!
 //! The RBAC covers exactly what the runtime does for an operator of `R`:
 //!
@@ -43,6 +45,12 @@
 //! ```
 
 use std::fmt;
+
+mod bundle;
+mod cli;
+
+pub use bundle::{Bundle, DEFAULT_PORT, RUN_AS_USER};
+pub use cli::{USAGE, cli, cli_from};
 
 use anyhow::Context as _;
 use futures::{StreamExt, TryStreamExt};

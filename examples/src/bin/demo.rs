@@ -2,9 +2,15 @@
 //!
 //! Flags: `--keep` leaves everything running and prints `export KUBECONFIG=…`; `--quiet` prints
 //! only the summary. `RUST_LOG` sets the operator's log level (default `info`).
+//!
+//! `demo manifests --image IMAGE [--namespace NS] [--replicas N] [--out-dir DIR]` prints the
+//! operator's install bundle instead (`kuberator::manifests::cli`).
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if kuberator::manifests::cli(kuberator_examples::static_site::bundle())? {
+        return Ok(());
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     for arg in &args {
         if !matches!(arg.as_str(), "--keep" | "--quiet") {

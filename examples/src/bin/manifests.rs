@@ -1,21 +1,13 @@
-//! `cargo run -p kuberator-examples --bin manifests > staticsites.yaml`: prints what the demo
-//! operator needs in a cluster — the `StaticSite` CRD, a ServiceAccount, and a least-privilege
-//! ClusterRole and binding generated from its `#[kuberator::operator]` keys (the resource with its
-//! status and finalizers, the owned ConfigMaps and Services, events) — ready for
-//! `kubectl apply -f staticsites.yaml`. Needs no control plane.
-//!
-//! `--namespace NS` sets the ServiceAccount's namespace (default `kuberator-system`).
+//! `cargo run -p kuberator-examples --bin manifests -- --image IMAGE [--namespace NS]
+//! [--replicas N] [--port PORT] [--out-dir DIR]`: the demo operator's install bundle
+//! (Namespace, ServiceAccount, least-privilege RBAC, the `StaticSite` CRD, Deployment, metrics
+//! Service, PodDisruptionBudget with more than one replica) for `kubectl apply -f -`, or written
+//! into DIR with a `kustomization.yaml`. The same as `demo manifests …`: an operator's own binary
+//! handles the subcommand with `kuberator::manifests::cli`. Needs no control plane.
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let namespace = match args.as_slice() {
-        [] => "kuberator-system".to_owned(),
-        [flag, namespace] if flag == "--namespace" => namespace.clone(),
-        _ => anyhow::bail!("usage: manifests [--namespace NS]"),
-    };
-    print!(
-        "{}",
-        kuberator_examples::static_site::manifests(&namespace)?
-    );
+    let args = std::iter::once("manifests".to_owned()).chain(std::env::args().skip(1));
+    let mut stdout = std::io::stdout().lock();
+    kuberator::manifests::cli_from(kuberator_examples::static_site::bundle(), args, &mut stdout)?;
     Ok(())
 }

@@ -1,0 +1,879 @@
+//! The install bundle: everything a cluster admin applies to run an operator, as one YAML stream
+//! (`kubectl apply -f -`) or as a kustomize-friendly folder.
+
+use std::{collections::BTreeMap, fmt, path::Path};
+
+use anyhow::Context as _;
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, DeploymentSpec},
+        core::v1::{
+            Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Namespace,
+            ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+            ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort,
+            ServiceSpec,
+        },
+        policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
+    },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    apimachinery::pkg::{
+        api::resource::Quantity, apis::meta::v1::LabelSelector, util::intstr::IntOrString,
+    },
+};
+use kube::{CustomResourceExt, Resource, api::ObjectMeta};
+
+use super::{Grant, LEASE_VERBS, Rbac, RbacOptions, Scope, ServiceAccountRef, rule, yaml_stream};
+use crate::{
+    cache::ApiScope,
+    error::{Error, Result},
+};
+
+/// The port of the operator's `/metrics`, `/healthz` and `/readyz` server unless set with
+/// [`Bundle::port`] (serve it with `Operator::health("0.0.0.0:8080".parse()?)` or the
+/// `health = "0.0.0.0:8080"` key of `#[kuberator::operator]`).
+pub const DEFAULT_PORT: i32 = 8080;
+
+/// The user id the operator's container runs as: distroless' `nonroot`, which needs no
+/// `/etc/passwd` entry (so `FROM scratch` images work).
+pub const RUN_AS_USER: i64 = 65532;
+
+/// What a cluster admin applies to install an operator: its Namespace, ServiceAccount,
+/// least-privilege (Cluster)Roles and bindings, CRDs, a Deployment (downward-API `POD_NAME` and
+/// `POD_NAMESPACE`, probes on `/healthz` and `/readyz`, resource requests, a restricted security
+/// context), a metrics Service, and a PodDisruptionBudget when there is more than one replica.
+///
+/// Built from an operator's [`RbacOptions`] (what `#[kuberator::operator]`'s `rbac_options()`
+/// returns) with [`Bundle::for_operator`], or from any list of grants and CRDs with
+/// [`Bundle::new`], [`rbac`](Bundle::rbac) and [`crd`](Bundle::crd) (e.g. the union of several
+/// controllers run by one process).
+///
+/// ```
+/// # use kube::CustomResource;
+/// # use schemars::JsonSchema;
+/// # use serde::{Deserialize, Serialize};
+/// use kuberator::manifests::{Bundle, RbacOptions};
+///
+/// #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
+/// #[kube(group = "example.com", version = "v1", kind = "Website", namespaced)]
+/// pub struct WebsiteSpec { pub image: String }
+///
+/// let bundle = Bundle::for_operator::<Website>(&RbacOptions::new("websites.example.com-operator"))
+///     .image("registry.example.com/website-operator:1.0.0")
+///     .namespace("websites")
+///     .replicas(2)
+///     .leader_election(true);
+/// let yaml = bundle.to_yaml()?;
+/// assert!(yaml.contains("kind: Deployment"));
+/// assert!(yaml.contains("kind: PodDisruptionBudget"));
+/// # Ok::<(), kuberator::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Bundle {
+    name: String,
+    namespace: Option<String>,
+    image: Option<String>,
+    replicas: i32,
+    port: i32,
+    leader_election: bool,
+    grants: Vec<Grant>,
+    crds: Vec<CustomResourceDefinition>,
+    args: Vec<String>,
+    env: Vec<EnvVar>,
+    resources: ResourceRequirements,
+}
+
+impl Bundle {
+    /// A bundle named `name` (the ServiceAccount, Deployment, Service and PDB; a DNS label such
+    /// as `website-operator`) with no grants and no CRDs yet, in the namespace `<name>-system`,
+    /// one replica, the port [`DEFAULT_PORT`], no leader election.
+    pub fn new(name: impl Into<String>) -> Self {
+        Bundle {
+            name: name.into(),
+            namespace: None,
+            image: None,
+            replicas: 1,
+            port: DEFAULT_PORT,
+            leader_election: false,
+            grants: Vec::new(),
+            crds: Vec::new(),
+            args: Vec::new(),
+            env: vec![env_value("RUST_LOG", "info")],
+            resources: ResourceRequirements {
+                requests: Some(quantities([("cpu", "10m"), ("memory", "64Mi")])),
+                limits: Some(quantities([("memory", "256Mi")])),
+                ..ResourceRequirements::default()
+            },
+        }
+    }
+
+    /// The bundle of an operator of `R`: `R`'s CRD (when `R` is a custom resource, see
+    /// [`for_operator_of`](Bundle::for_operator_of) otherwise) and the grants of
+    /// [`rbac_rules_for::<R>(options)`](super::rbac_rules_for), named `<plural>-operator`.
+    pub fn for_operator<R>(options: &RbacOptions) -> Self
+    where
+        R: CustomResourceExt + Resource<DynamicType = ()>,
+        R::Scope: ApiScope,
+    {
+        Self::for_operator_of::<R>(options).crd(R::crd())
+    }
+
+    /// Like [`for_operator`](Bundle::for_operator) for a resource that is not a custom resource
+    /// (e.g. an operator of ConfigMaps): the grants only.
+    pub fn for_operator_of<R>(options: &RbacOptions) -> Self
+    where
+        R: Resource<DynamicType = ()>,
+        R::Scope: ApiScope,
+    {
+        let name = format!("{}-operator", R::plural(&()));
+        Bundle::new(name).rbac(super::rbac_rules_for::<R>(options))
+    }
+
+    /// Adds the grants of `rbac` (its service account is replaced by the bundle's). Grants with
+    /// the same name and scope as one already there are merged into it.
+    #[must_use]
+    pub fn rbac(mut self, rbac: Rbac) -> Self {
+        for grant in rbac.grants {
+            self = self.grant(grant);
+        }
+        self
+    }
+
+    /// Adds one grant (merged into one of the same name and scope).
+    #[must_use]
+    pub fn grant(mut self, grant: Grant) -> Self {
+        match self
+            .grants
+            .iter_mut()
+            .find(|g| g.name == grant.name && g.scope == grant.scope)
+        {
+            Some(existing) => {
+                for rule in grant.rules {
+                    if !existing.rules.contains(&rule) {
+                        existing.rules.push(rule);
+                    }
+                }
+            }
+            None => self.grants.push(grant),
+        }
+        self
+    }
+
+    /// Adds a CRD (replacing one of the same name).
+    #[must_use]
+    pub fn crd(mut self, crd: CustomResourceDefinition) -> Self {
+        self.crds.retain(|c| c.metadata.name != crd.metadata.name);
+        self.crds.push(crd);
+        self
+    }
+
+    /// The bundle's name (ServiceAccount, Deployment, Service, PDB).
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The namespace the operator runs in (created by the bundle); default `<name>-system`.
+    #[must_use]
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// The container image (required), e.g. `registry.example.com/website-operator:1.0.0`.
+    #[must_use]
+    pub fn image(mut self, image: impl Into<String>) -> Self {
+        self.image = Some(image.into());
+        self
+    }
+
+    /// How many replicas (default 1). More than one needs [`leader_election`](Bundle::leader_election)
+    /// and adds a PodDisruptionBudget keeping one available.
+    #[must_use]
+    pub fn replicas(mut self, replicas: i32) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// The port of `/metrics`, `/healthz` and `/readyz` (default [`DEFAULT_PORT`]).
+    #[must_use]
+    pub fn port(mut self, port: i32) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// Whether the operator elects a leader with a Lease in its own namespace (what
+    /// `LeaderElection::in_operator_namespace` and the macro's `leader_election` key do): adds
+    /// a Role for Leases in the bundle's namespace.
+    #[must_use]
+    pub fn leader_election(mut self, enabled: bool) -> Self {
+        self.leader_election = enabled;
+        self
+    }
+
+    /// Arguments of the operator's container (default none).
+    #[must_use]
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets an environment variable of the container (default `RUST_LOG=info`; `POD_NAME`
+    /// and `POD_NAMESPACE` are always set from the downward API).
+    #[must_use]
+    pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        let name = name.into();
+        self.env.retain(|e| e.name != name);
+        self.env.push(env_value(&name, &value.into()));
+        self
+    }
+
+    /// The container's resources (default: requests 10m CPU and 64Mi memory, limit 256Mi).
+    #[must_use]
+    pub fn resources(mut self, resources: ResourceRequirements) -> Self {
+        self.resources = resources;
+        self
+    }
+
+    /// The namespace the operator runs in.
+    pub fn operator_namespace(&self) -> String {
+        self.namespace
+            .clone()
+            .unwrap_or_else(|| format!("{}-system", self.name))
+    }
+
+    /// The bundle's ServiceAccount.
+    pub fn service_account_ref(&self) -> ServiceAccountRef {
+        ServiceAccountRef {
+            namespace: self.operator_namespace(),
+            name: self.name.clone(),
+        }
+    }
+
+    /// The bundle's RBAC: its grants (plus the Lease role with leader election) bound to its
+    /// ServiceAccount; pass it to `Operator::check_permissions` or
+    /// [`check_permissions`](super::check_permissions).
+    pub fn rbac_objects(&self) -> Rbac {
+        let mut grants = self.grants.clone();
+        if self.leader_election {
+            grants.push(Grant {
+                name: format!("{}-leader-election", self.name),
+                scope: Scope::Namespace(self.operator_namespace()),
+                rules: vec![rule("coordination.k8s.io", "leases", &LEASE_VERBS)],
+            });
+        }
+        Rbac {
+            grants,
+            service_account: Some(self.service_account_ref()),
+        }
+    }
+
+    fn check(&self) -> Result<&str> {
+        let problem = |message: String| Err(Error::Anyhow(anyhow::Error::msg(message)));
+        let Some(image) = self.image.as_deref().filter(|i| !i.trim().is_empty()) else {
+            return problem(format!(
+                "the bundle of `{}` needs a container image (`--image` / `Bundle::image`)",
+                self.name
+            ));
+        };
+        let service = format!("{}-metrics", self.name);
+        for (what, value) in [
+            ("name", &self.name),
+            ("namespace", &self.operator_namespace()),
+            ("metrics Service name", &service),
+        ] {
+            if !is_dns_label(value) {
+                return problem(format!(
+                    "the bundle's {what} `{value}` is not a DNS label (lower-case letters, digits \
+                     and `-`, at most 63, starting with a letter and ending alphanumeric)"
+                ));
+            }
+        }
+        if self.replicas < 1 {
+            return problem(format!(
+                "replicas must be at least 1, not {}",
+                self.replicas
+            ));
+        }
+        if self.replicas > 1 && !self.leader_election {
+            return problem(format!(
+                "{} replicas need leader election (`Bundle::leader_election(true)` and the \
+                 operator's `leader_election` key), or every replica reconciles",
+                self.replicas
+            ));
+        }
+        if !(1..=65535).contains(&self.port) {
+            return problem(format!("port {} is not in 1-65535", self.port));
+        }
+        Ok(image)
+    }
+
+    fn labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("app.kubernetes.io/name".to_owned(), self.name.clone()),
+            (
+                "app.kubernetes.io/managed-by".to_owned(),
+                "kuberator".to_owned(),
+            ),
+        ])
+    }
+
+    fn selector(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([("app.kubernetes.io/name".to_owned(), self.name.clone())])
+    }
+
+    fn meta(&self, namespace: Option<&str>) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(self.name.clone()),
+            namespace: namespace.map(str::to_owned),
+            labels: Some(self.labels()),
+            ..ObjectMeta::default()
+        }
+    }
+
+    /// The Namespace, enforcing the `restricted` Pod Security Standard the Deployment meets.
+    pub fn namespace_object(&self) -> Namespace {
+        let mut labels = self.labels();
+        for mode in ["enforce", "warn", "audit"] {
+            labels.insert(
+                format!("pod-security.kubernetes.io/{mode}"),
+                "restricted".to_owned(),
+            );
+        }
+        Namespace {
+            metadata: ObjectMeta {
+                name: Some(self.operator_namespace()),
+                labels: Some(labels),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        }
+    }
+
+    /// The Deployment.
+    ///
+    /// # Errors
+    /// [`Error::Anyhow`] without an image, or with an invalid name, namespace, replica count or
+    /// port.
+    pub fn deployment(&self) -> Result<Deployment> {
+        let image = self.check()?.to_owned();
+        let namespace = self.operator_namespace();
+        let probe = |path: &str| Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some(path.to_owned()),
+                port: IntOrString::String("http".to_owned()),
+                ..HTTPGetAction::default()
+            }),
+            period_seconds: Some(10),
+            failure_threshold: Some(3),
+            ..Probe::default()
+        };
+        let mut env = vec![
+            field_env("POD_NAME", "metadata.name"),
+            field_env("POD_NAMESPACE", "metadata.namespace"),
+        ];
+        env.extend(self.env.iter().cloned());
+        let container = Container {
+            name: "operator".to_owned(),
+            image: Some(image),
+            args: (!self.args.is_empty()).then(|| self.args.clone()),
+            env: Some(env),
+            ports: Some(vec![ContainerPort {
+                name: Some("http".to_owned()),
+                container_port: self.port,
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            }]),
+            liveness_probe: Some(probe("/healthz")),
+            readiness_probe: Some(probe("/readyz")),
+            resources: Some(self.resources.clone()),
+            security_context: Some(SecurityContext {
+                allow_privilege_escalation: Some(false),
+                read_only_root_filesystem: Some(true),
+                run_as_non_root: Some(true),
+                capabilities: Some(Capabilities {
+                    drop: Some(vec!["ALL".to_owned()]),
+                    ..Capabilities::default()
+                }),
+                ..SecurityContext::default()
+            }),
+            ..Container::default()
+        };
+        Ok(Deployment {
+            metadata: self.meta(Some(&namespace)),
+            spec: Some(DeploymentSpec {
+                replicas: Some(self.replicas),
+                selector: LabelSelector {
+                    match_labels: Some(self.selector()),
+                    ..LabelSelector::default()
+                },
+                template: PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(self.labels()),
+                        ..ObjectMeta::default()
+                    }),
+                    spec: Some(PodSpec {
+                        service_account_name: Some(self.name.clone()),
+                        containers: vec![container],
+                        // Time for in-flight reconciles and the Lease release after SIGTERM.
+                        termination_grace_period_seconds: Some(30),
+                        security_context: Some(PodSecurityContext {
+                            run_as_non_root: Some(true),
+                            run_as_user: Some(RUN_AS_USER),
+                            run_as_group: Some(RUN_AS_USER),
+                            seccomp_profile: Some(SeccompProfile {
+                                type_: "RuntimeDefault".to_owned(),
+                                ..SeccompProfile::default()
+                            }),
+                            ..PodSecurityContext::default()
+                        }),
+                        ..PodSpec::default()
+                    }),
+                },
+                ..DeploymentSpec::default()
+            }),
+            ..Deployment::default()
+        })
+    }
+
+    /// The Service in front of `/metrics` (port `http`).
+    pub fn metrics_service(&self) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                name: Some(format!("{}-metrics", self.name)),
+                ..self.meta(Some(&self.operator_namespace()))
+            },
+            spec: Some(ServiceSpec {
+                selector: Some(self.selector()),
+                ports: Some(vec![ServicePort {
+                    name: Some("http".to_owned()),
+                    port: self.port,
+                    target_port: Some(IntOrString::String("http".to_owned())),
+                    protocol: Some("TCP".to_owned()),
+                    ..ServicePort::default()
+                }]),
+                ..ServiceSpec::default()
+            }),
+            ..Service::default()
+        }
+    }
+
+    /// The PodDisruptionBudget keeping one replica available, with more than one replica.
+    pub fn pod_disruption_budget(&self) -> Option<PodDisruptionBudget> {
+        (self.replicas > 1).then(|| PodDisruptionBudget {
+            metadata: self.meta(Some(&self.operator_namespace())),
+            spec: Some(PodDisruptionBudgetSpec {
+                min_available: Some(IntOrString::Int(1)),
+                selector: Some(LabelSelector {
+                    match_labels: Some(self.selector()),
+                    ..LabelSelector::default()
+                }),
+                ..PodDisruptionBudgetSpec::default()
+            }),
+            ..PodDisruptionBudget::default()
+        })
+    }
+
+    /// Every object by file, in the order to apply them: `namespace.yaml`, `crds.yaml`,
+    /// `rbac.yaml`, `service.yaml`, `deployment.yaml`, `pdb.yaml` (files without objects are
+    /// left out).
+    ///
+    /// # Errors
+    /// As [`deployment`](Bundle::deployment).
+    pub fn files(&self) -> Result<Vec<(&'static str, Vec<serde_json::Value>)>> {
+        let deployment = self.deployment()?;
+        let json = |value: Result<serde_json::Value, serde_json::Error>| {
+            value.context("serializing the bundle").map_err(Error::from)
+        };
+        let mut crds = Vec::new();
+        for crd in &self.crds {
+            crds.push(json(serde_json::to_value(crd))?);
+        }
+        let mut files = vec![
+            (
+                "namespace.yaml",
+                vec![json(serde_json::to_value(self.namespace_object()))?],
+            ),
+            ("crds.yaml", crds),
+            ("rbac.yaml", self.rbac_objects().objects()?),
+            (
+                "service.yaml",
+                vec![json(serde_json::to_value(self.metrics_service()))?],
+            ),
+            (
+                "deployment.yaml",
+                vec![json(serde_json::to_value(deployment))?],
+            ),
+        ];
+        if let Some(pdb) = self.pod_disruption_budget() {
+            files.push(("pdb.yaml", vec![json(serde_json::to_value(pdb))?]));
+        }
+        files.retain(|(_, objects)| !objects.is_empty());
+        Ok(files)
+    }
+
+    /// Every object, in the order to apply them.
+    ///
+    /// # Errors
+    /// As [`deployment`](Bundle::deployment).
+    pub fn objects(&self) -> Result<Vec<serde_json::Value>> {
+        Ok(self
+            .files()?
+            .into_iter()
+            .flat_map(|(_, objects)| objects)
+            .collect())
+    }
+
+    /// The bundle as one YAML stream for `kubectl apply -f -`.
+    ///
+    /// # Errors
+    /// As [`deployment`](Bundle::deployment).
+    pub fn to_yaml(&self) -> Result<String> {
+        yaml_stream(self.objects()?)
+    }
+
+    /// Writes the bundle into `dir` as one file per part (see [`files`](Bundle::files)) and a
+    /// `kustomization.yaml` listing them, for `kubectl apply -k dir` or as a kustomize base.
+    /// Returns the files written.
+    ///
+    /// # Errors
+    /// As [`deployment`](Bundle::deployment), or when a file cannot be written.
+    pub fn write_dir(&self, dir: &Path) -> Result<Vec<String>> {
+        let files = self.files()?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut written = Vec::new();
+        let mut kustomization = String::from(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n",
+        );
+        for (file, objects) in files {
+            let path = dir.join(file);
+            std::fs::write(&path, yaml_stream(objects)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+            kustomization.push_str(&format!("- {file}\n"));
+            written.push(file.to_owned());
+        }
+        let path = dir.join("kustomization.yaml");
+        std::fs::write(&path, kustomization)
+            .with_context(|| format!("writing {}", path.display()))?;
+        written.push("kustomization.yaml".to_owned());
+        Ok(written)
+    }
+}
+
+impl fmt::Display for Bundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "bundle `{}` in namespace `{}` ({} replica{}, {} CRD{}, {} role{})",
+            self.name,
+            self.operator_namespace(),
+            self.replicas,
+            if self.replicas == 1 { "" } else { "s" },
+            self.crds.len(),
+            if self.crds.len() == 1 { "" } else { "s" },
+            self.rbac_objects().grants.len(),
+            if self.rbac_objects().grants.len() == 1 {
+                ""
+            } else {
+                "s"
+            },
+        )
+    }
+}
+
+fn env_value(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.to_owned()),
+        ..EnvVar::default()
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.to_owned(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn quantities<const N: usize>(pairs: [(&str, &str); N]) -> BTreeMap<String, Quantity> {
+    pairs
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), Quantity(v.to_owned())))
+        .collect()
+}
+
+/// A DNS-1123 label that is also a DNS-1035 label (Service names): `[a-z]([-a-z0-9]*[a-z0-9])?`,
+/// at most 63 characters.
+fn is_dns_label(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_lowercase()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::CustomResource;
+    use schemars::JsonSchema;
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::manifests::{cli_from, rbac_rules_for};
+
+    #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
+    #[kube(group = "example.com", version = "v1", kind = "Website", namespaced)]
+    struct WebsiteSpec {
+        image: String,
+    }
+
+    fn bundle() -> Bundle {
+        Bundle::for_operator::<Website>(
+            &RbacOptions::new("websites.example.com-operator")
+                .finalizer(true)
+                .owns::<ConfigMap>(),
+        )
+        .image("example.com/website-operator:1.0.0")
+    }
+
+    fn kinds(objects: &[serde_json::Value]) -> Vec<&str> {
+        objects
+            .iter()
+            .map(|o| o["kind"].as_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn one_replica_bundle_has_every_object_but_the_pdb_in_apply_order() {
+        let bundle = bundle();
+        let objects = bundle.objects().unwrap();
+        assert_eq!(
+            kinds(&objects),
+            [
+                "Namespace",
+                "CustomResourceDefinition",
+                "ServiceAccount",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "Service",
+                "Deployment"
+            ]
+        );
+        let namespace = "websites-operator-system";
+        assert_eq!(objects[0]["metadata"]["name"], namespace);
+        assert_eq!(
+            objects[0]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+            "restricted"
+        );
+        assert_eq!(objects[2]["metadata"]["namespace"], namespace);
+        assert_eq!(objects[4]["subjects"][0]["name"], "websites-operator");
+        assert_eq!(objects[4]["subjects"][0]["namespace"], namespace);
+        assert_eq!(objects[5]["metadata"]["name"], "websites-operator-metrics");
+        assert_eq!(objects[5]["spec"]["ports"][0]["port"], 8080);
+
+        let deployment = &objects[6];
+        let pod = &deployment["spec"]["template"]["spec"];
+        assert_eq!(pod["serviceAccountName"], "websites-operator");
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(pod["securityContext"]["runAsUser"], RUN_AS_USER);
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        let container = &pod["containers"][0];
+        assert_eq!(container["image"], "example.com/website-operator:1.0.0");
+        assert_eq!(container["env"][0]["name"], "POD_NAME");
+        assert_eq!(
+            container["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.name"
+        );
+        assert_eq!(container["env"][1]["name"], "POD_NAMESPACE");
+        assert_eq!(
+            container["env"][1]["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.namespace"
+        );
+        assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(container["resources"]["requests"]["cpu"], "10m");
+        assert_eq!(container["resources"]["requests"]["memory"], "64Mi");
+        let security = &container["securityContext"];
+        assert_eq!(security["allowPrivilegeEscalation"], false);
+        assert_eq!(security["readOnlyRootFilesystem"], true);
+        assert_eq!(security["runAsNonRoot"], true);
+        assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
+        assert_eq!(deployment["spec"]["replicas"], 1);
+        assert_eq!(
+            deployment["spec"]["selector"]["matchLabels"],
+            serde_json::json!({"app.kubernetes.io/name": "websites-operator"})
+        );
+        // The role holds the operator's rules.
+        assert_eq!(
+            bundle.rbac_objects().grants[0].rules,
+            rbac_rules_for::<Website>(
+                &RbacOptions::new("websites.example.com-operator")
+                    .finalizer(true)
+                    .owns::<ConfigMap>()
+            )
+            .grants[0]
+                .rules
+        );
+    }
+
+    #[test]
+    fn more_replicas_need_leader_election_and_get_a_pdb_and_a_lease_role() {
+        let error = bundle().replicas(3).to_yaml().unwrap_err().to_string();
+        assert!(error.contains("3 replicas need leader election"), "{error}");
+
+        let bundle = bundle().replicas(3).leader_election(true).namespace("web");
+        let objects = bundle.objects().unwrap();
+        assert_eq!(
+            kinds(&objects),
+            [
+                "Namespace",
+                "CustomResourceDefinition",
+                "ServiceAccount",
+                "ClusterRole",
+                "Role",
+                "ClusterRoleBinding",
+                "RoleBinding",
+                "Service",
+                "Deployment",
+                "PodDisruptionBudget"
+            ]
+        );
+        assert_eq!(
+            objects[4]["metadata"]["name"],
+            "websites-operator-leader-election"
+        );
+        assert_eq!(objects[4]["metadata"]["namespace"], "web");
+        assert_eq!(
+            objects[4]["rules"][0]["resources"],
+            serde_json::json!(["leases"])
+        );
+        assert_eq!(objects[9]["spec"]["minAvailable"], 1);
+        assert_eq!(objects[8]["spec"]["replicas"], 3);
+    }
+
+    #[test]
+    fn bad_parameters_are_named() {
+        let error = |bundle: Bundle| bundle.to_yaml().unwrap_err().to_string();
+        assert!(error(Bundle::new("w")).contains("needs a container image"));
+        assert!(error(bundle().name("Web.Site")).contains("name `Web.Site` is not a DNS label"));
+        assert!(error(bundle().namespace("a_b")).contains("namespace `a_b` is not a DNS label"));
+        assert!(error(bundle().replicas(0)).contains("at least 1"));
+        assert!(error(bundle().port(0)).contains("port 0"));
+        assert!(
+            error(bundle().name("a".repeat(60)).namespace("web")).contains("metrics Service name")
+        );
+    }
+
+    #[test]
+    fn grants_of_the_same_role_merge() {
+        let a = rbac_rules_for::<Website>(&RbacOptions::new("shared"));
+        let b = rbac_rules_for::<ConfigMap>(&RbacOptions::new("shared").status(false));
+        let bundle = Bundle::new("many")
+            .image("i")
+            .rbac(a.clone())
+            .rbac(b)
+            .rbac(a);
+        let rbac = bundle.rbac_objects();
+        assert_eq!(rbac.grants.len(), 1);
+        let resources: Vec<_> = rbac.grants[0]
+            .rules
+            .iter()
+            .map(|r| r.resources.as_ref().unwrap()[0].as_str())
+            .collect();
+        assert_eq!(resources, ["websites", "websites/status", "configmaps"]);
+    }
+
+    #[test]
+    fn the_yaml_stream_reads_back_as_the_objects() {
+        let bundle = bundle().replicas(2).leader_election(true);
+        let yaml = bundle.to_yaml().unwrap();
+        let back: Vec<serde_json::Value> = serde_saphyr::from_multiple(&yaml).unwrap();
+        assert_eq!(back, bundle.objects().unwrap());
+    }
+
+    #[test]
+    fn cli_prints_the_bundle_or_writes_a_kustomize_folder() {
+        let run = |args: &[&str]| {
+            let mut out = Vec::new();
+            let handled = cli_from(bundle(), args.iter().copied(), &mut out);
+            handled.map(|handled| (handled, String::from_utf8(out).unwrap()))
+        };
+        assert_eq!(run(&[]).unwrap(), (false, String::new()));
+        assert_eq!(
+            run(&["run", "--image", "x"]).unwrap(),
+            (false, String::new())
+        );
+
+        let (handled, yaml) = run(&[
+            "manifests",
+            "--image",
+            "example.com/w:2",
+            "--namespace=web",
+            "--replicas",
+            "1",
+            "--port",
+            "9090",
+        ])
+        .unwrap();
+        assert!(handled);
+        assert_eq!(
+            yaml,
+            bundle()
+                .image("example.com/w:2")
+                .namespace("web")
+                .port(9090)
+                .to_yaml()
+                .unwrap()
+        );
+        assert!(yaml.contains("containerPort: 9090"), "{yaml}");
+
+        let (handled, usage) = run(&["manifests", "--help"]).unwrap();
+        assert!(handled && usage.starts_with("usage: <operator> manifests --image IMAGE"));
+        let error = run(&["manifests", "--image"]).unwrap_err().to_string();
+        assert!(
+            error.starts_with("`--image` needs a value\n\nusage:"),
+            "{error}"
+        );
+        let error = run(&["manifests", "--colour", "red"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("unknown argument `--colour`"), "{error}");
+        let error = run(&["manifests", "--replicas", "two"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("`--replicas` needs a number, not `two`"),
+            "{error}"
+        );
+
+        let dir = std::env::temp_dir().join(format!("kuberator-bundle-{}", std::process::id()));
+        let (handled, summary) = run(&["manifests", "--out-dir", dir.to_str().unwrap()]).unwrap();
+        assert!(handled);
+        assert!(
+            summary.contains(
+                "namespace.yaml, crds.yaml, rbac.yaml, service.yaml, deployment.yaml, kustomization.yaml"
+            ),
+            "{summary}"
+        );
+        let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+        assert!(kustomization.contains("kind: Kustomization\nresources:\n- namespace.yaml\n"));
+        let deployment = std::fs::read_to_string(dir.join("deployment.yaml")).unwrap();
+        assert!(deployment.contains("kind: Deployment"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
