@@ -10,6 +10,7 @@ mod demo;
 mod events;
 mod examples;
 mod fresh_crate;
+mod missing_crd;
 mod observability;
 mod operations;
 mod production;

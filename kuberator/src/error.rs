@@ -159,6 +159,14 @@ pub enum Error {
         /// The panic payload, if it was a string.
         message: String,
     },
+    /// A watched kind is not served by the API server (e.g. its CRD is not installed).
+    #[error("{message}")]
+    NotServed {
+        /// The resource, e.g. `websites.example.com`.
+        resource: String,
+        /// What is missing and how to fix it.
+        message: String,
+    },
     /// Any other error (the original crate's route for user errors).
     #[error(transparent)]
     Anyhow(#[from] anyhow::Error),
@@ -210,6 +218,7 @@ impl Error {
             Error::MissingField { .. } => Cow::Borrowed("MissingField"),
             Error::Serde { .. } => Cow::Borrowed("SerializationFailed"),
             Error::Panic { .. } => Cow::Borrowed("Panic"),
+            Error::NotServed { .. } => Cow::Borrowed("NotServed"),
             Error::Anyhow(_) => Cow::Borrowed("Error"),
         }
     }

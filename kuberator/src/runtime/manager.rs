@@ -13,6 +13,7 @@ use super::{
     health::{HealthServer, Readiness},
     leader::{LeaderElection, Leadership},
     metrics::Metrics,
+    served::{WatchedKind, check_served},
     shared::{Caches, SharedWatches},
     shutdown::shutdown_signal,
 };
@@ -88,6 +89,8 @@ pub(crate) struct ProcessSettings {
     pub(crate) leader_election: Option<LeaderElection>,
     pub(crate) leadership: Option<Arc<Leadership>>,
     pub(crate) permissions: Option<Rbac>,
+    /// The kinds to check by discovery before starting.
+    pub(crate) served: Vec<WatchedKind>,
 }
 
 impl ProcessSettings {
@@ -129,6 +132,11 @@ impl ProcessSettings {
                 "leader election",
                 controller,
             );
+        }
+        for kind in other.served {
+            if !self.served.contains(&kind) {
+                self.served.push(kind);
+            }
         }
         self.permissions = match (self.permissions.take(), other.permissions) {
             (Some(mut a), Some(b)) => {
@@ -294,7 +302,9 @@ impl Manager {
     /// Runs every controller until the shutdown signal (or forever without one).
     ///
     /// # Errors
-    /// Missing permissions (one error naming each), a controller that cannot start (the error
+    /// A watched kind the API server does not serve (a CRD not installed, see
+    /// [`Operator::check_served`](crate::Operator::check_served)), missing permissions (one
+    /// error naming each), a controller that cannot start (the error
     /// names it), a health address that cannot be bound, inconsistent leader-election timing.
     ///
     /// # Access control
@@ -306,6 +316,7 @@ impl Manager {
             controllers,
             settings,
         } = self;
+        check_served(&client, &settings.served).await?;
         if let Some(rbac) = &settings.permissions {
             check_permissions(&client, rbac).await?;
         }
@@ -376,7 +387,7 @@ impl Manager {
             watches = setup.watches.len(),
             "manager starting"
         );
-        let roots = setup.watches.spawn();
+        let roots = setup.watches.spawn(&services.readiness);
         if let Some(addr) = settings.health {
             let server = HealthServer::bind(addr, metrics, readiness).await?;
             tracing::info!(addr = %server.local_addr(), "serving /metrics, /healthz, /readyz");
@@ -431,6 +442,10 @@ impl ReadinessGate {
         let once = std::sync::atomic::AtomicBool::new(false);
         move || {
             if once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                // A relist (e.g. after a CRD came back): ready again once all have synced.
+                if lock(&gate.pending).is_empty() {
+                    gate.readiness.set_ready(true);
+                }
                 return;
             }
             let mut pending = lock(&gate.pending);
@@ -446,6 +461,13 @@ impl ReadinessGate {
                 gate.readiness.set_ready(true);
             }
         }
+    }
+}
+
+impl ReadinessGate {
+    /// A watch lost its kind (a CRD deleted): not ready until it lists again.
+    pub(crate) fn lost(&self) {
+        self.readiness.set_ready(false);
     }
 }
 

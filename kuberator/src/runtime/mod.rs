@@ -6,6 +6,7 @@ pub mod leader;
 mod manager;
 pub mod metrics;
 mod operator;
+mod served;
 mod shared;
 mod shutdown;
 mod watch;

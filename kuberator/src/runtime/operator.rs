@@ -35,6 +35,7 @@ use super::{
         ProcessSettings, Read, ReadinessGate, Services, Setup,
     },
     metrics::{ControllerMetrics, Metrics},
+    served::WatchedKind,
     shared::{Caches, SharedWatches},
     shutdown::shutdown_signal,
     watch::typed_watch,
@@ -136,6 +137,8 @@ pub struct Operator<R: Object> {
     leader_election: Option<LeaderElection>,
     leadership: Option<Arc<Leadership>>,
     permissions: Option<Rbac>,
+    watched: Vec<WatchedKind>,
+    check_served: bool,
 }
 
 impl<R: Object> Operator<R>
@@ -163,6 +166,8 @@ where
             leader_election: None,
             leadership: None,
             permissions: None,
+            watched: vec![WatchedKind::of::<R>()],
+            check_served: true,
         }
     }
 }
@@ -229,6 +234,7 @@ impl<R: Object> Operator<R> {
             Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
         Child::Scope: ApiScope,
     {
+        self.watched.push(WatchedKind::of::<Child>());
         self.owns
             .push(Box::new(move |controller, wiring, namespace| {
                 let client = wiring.client.clone();
@@ -278,6 +284,7 @@ impl<R: Object> Operator<R> {
         I: IntoIterator<Item = ObjectRef<R>> + 'static,
         I::IntoIter: Send,
     {
+        self.watched.push(WatchedKind::of::<Other>());
         self.owns
             .push(Box::new(move |controller, wiring, namespace| {
                 let client = wiring.client.clone();
@@ -375,6 +382,16 @@ impl<R: Object> Operator<R> {
         self
     }
 
+    /// Whether [`run`](Operator::run) first checks by discovery that the API server serves every
+    /// watched kind (on by default): a CRD that is not installed is then the start-up error
+    /// `CRD websites.example.com is not installed: kubectl apply -f …` instead of a watch
+    /// retrying `404 page not found` forever.
+    #[must_use]
+    pub fn check_served(mut self, enabled: bool) -> Self {
+        self.check_served = enabled;
+        self
+    }
+
     /// Stops gracefully on SIGTERM or SIGINT.
     #[must_use]
     pub fn shutdown_on_signal(self) -> Self {
@@ -387,8 +404,13 @@ impl<R: Object> Operator<R> {
     /// Errors of single objects never stop the loop: they are logged with the object's name and
     /// retried with backoff. A panicking handler is caught and treated as an error.
     ///
+    /// A kind that stops being served while running (its CRD deleted) is logged at each retry of
+    /// the watch with the same hint, and `/readyz` answers 503 until it is back.
+    ///
     /// # Errors
-    /// Missing permissions (with [`check_permissions`](Operator::check_permissions)), a health
+    /// A watched kind the API server does not serve ([`Error::NotServed`], see
+    /// [`check_served`](Operator::check_served)), missing permissions (with
+    /// [`check_permissions`](Operator::check_permissions)), a health
     /// address that cannot be bound, inconsistent leader-election timing.
     ///
     /// # Access control
@@ -418,6 +440,11 @@ impl<R: Object> ManagedController for Operator<R> {
             leader_election: self.leader_election.take(),
             leadership: self.leadership.take(),
             permissions: self.permissions.take(),
+            served: if self.check_served {
+                std::mem::take(&mut self.watched)
+            } else {
+                Vec::new()
+            },
         }
     }
 

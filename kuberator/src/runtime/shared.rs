@@ -23,6 +23,11 @@ use kube::{
 };
 use tokio::task::JoinHandle;
 
+use super::{
+    manager::ReadinessGate,
+    served::{WatchedKind, is_not_found},
+};
+
 /// How many changes of one kind may wait for the slowest controller before the watch waits.
 const BUFFER: usize = 1024;
 
@@ -54,7 +59,7 @@ struct SharedWatch<K: Cached> {
 trait AnyWatch: Send {
     fn as_any(&mut self) -> &mut dyn Any;
     fn reader(&self) -> Box<dyn Any + Send + Sync>;
-    fn spawn(self: Box<Self>, what: String) -> JoinHandle<()>;
+    fn spawn(self: Box<Self>, what: String, readiness: ReadinessGate) -> JoinHandle<()>;
 }
 
 impl<K: Cached> AnyWatch for SharedWatch<K> {
@@ -66,7 +71,7 @@ impl<K: Cached> AnyWatch for SharedWatch<K> {
         Box::new(self.writer.as_reader())
     }
 
-    fn spawn(self: Box<Self>, what: String) -> JoinHandle<()> {
+    fn spawn(self: Box<Self>, what: String, readiness: ReadinessGate) -> JoinHandle<()> {
         let SharedWatch {
             writer,
             make,
@@ -94,6 +99,12 @@ impl<K: Cached> AnyWatch for SharedWatch<K> {
                         deletes.retain(|tx| tx.unbounded_send(object.clone()).is_ok());
                     }
                     Ok(_) => {}
+                    // The kind is gone (its CRD deleted): say so and how to fix it, at each retry.
+                    Err(error) if is_not_found(&error) => {
+                        readiness.lost();
+                        let hint = WatchedKind::of::<K>().not_served();
+                        tracing::warn!(watch = %what, %error, "{hint}; retrying with backoff");
+                    }
                     Err(error) => {
                         tracing::warn!(watch = %what, %error, "watch failed, retrying with backoff");
                     }
@@ -193,7 +204,7 @@ impl SharedWatches {
     }
 
     /// Starts every watch; abort the handles to stop them.
-    pub(crate) fn spawn(self) -> Vec<JoinHandle<()>> {
+    pub(crate) fn spawn(self, readiness: &ReadinessGate) -> Vec<JoinHandle<()>> {
         self.entries
             .into_iter()
             .map(|entry| {
@@ -201,7 +212,7 @@ impl SharedWatches {
                     Some(ns) => format!("{} in {ns}", entry.kind),
                     None => entry.kind.clone(),
                 };
-                entry.watch.spawn(what)
+                entry.watch.spawn(what, readiness.clone())
             })
             .collect()
     }
