@@ -167,6 +167,19 @@ pub enum Error {
         /// What is missing and how to fix it.
         message: String,
     },
+    /// The reconcile did not finish within the operator's reconcile timeout and was cancelled
+    /// (see [`Operator::reconcile_timeout`](crate::Operator::reconcile_timeout)).
+    #[error("reconcile of {object} timed out after {after:?} and was cancelled")]
+    ReconcileTimeout {
+        /// The object concerned.
+        object: ObjectKey,
+        /// The timeout.
+        after: Duration,
+    },
+    /// This replica is past its leader-election renew deadline without a successful renewal: it
+    /// must not write (see [`RequestGuard`](crate::runtime::RequestGuard)).
+    #[error("not the leader: the renew deadline passed without a successful renewal")]
+    NotLeader,
     /// Any other error (the original crate's route for user errors).
     #[error(transparent)]
     Anyhow(#[from] anyhow::Error),
@@ -212,8 +225,18 @@ impl Error {
                 kube::Error::Api(status) if !status.reason.is_empty() => {
                     Cow::Owned(status.reason.clone())
                 }
-                _ => Cow::Borrowed("KubeError"),
+                other => match crate::runtime::request_error(other) {
+                    Some(crate::runtime::RequestError::NotLeader { .. }) => {
+                        Cow::Borrowed("NotLeader")
+                    }
+                    Some(crate::runtime::RequestError::Timeout { .. }) => {
+                        Cow::Borrowed("RequestTimeout")
+                    }
+                    _ => Cow::Borrowed("KubeError"),
+                },
             },
+            Error::ReconcileTimeout { .. } => Cow::Borrowed("ReconcileTimeout"),
+            Error::NotLeader => Cow::Borrowed("NotLeader"),
             Error::NamespaceNotCached { .. } => Cow::Borrowed("NamespaceNotCached"),
             Error::MissingField { .. } => Cow::Borrowed("MissingField"),
             Error::Serde { .. } => Cow::Borrowed("SerializationFailed"),

@@ -17,7 +17,7 @@ use crate::{
     events::{EmitEvent, EventData, EventRecorder},
     finalize::{Finalize, Object, with_finalizer},
     repository::K8sRepository,
-    runtime::{Backoff, Cache, Cached, Caches, Operator, Reconciler},
+    runtime::{Backoff, Cache, Cached, Caches, Operator, Reconciler, RequestGuard},
     status::ObserveGeneration,
 };
 
@@ -68,6 +68,7 @@ pub struct Ctx<R: Object> {
     finalizer: Option<&'static str>,
     namespaces: Vec<String>,
     caches: Caches,
+    guard: RequestGuard,
 }
 
 impl<R: Object> Ctx<R>
@@ -89,9 +90,26 @@ where
 }
 
 impl<R: Object> Ctx<R> {
-    /// The client.
+    /// The client. Every request through it has a deadline, and its writes are refused once
+    /// this replica is past its leader-election renew deadline (see [`RequestGuard`]).
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The request guard in front of [`client`](Self::client), shared with the operator.
+    pub fn guard(&self) -> &RequestGuard {
+        &self.guard
+    }
+
+    /// `Ok` while this replica may write: no leader election, or it leads within its renew
+    /// deadline. Call it before a side effect that does not go through [`client`](Self::client)
+    /// (the framework's own writes — finalizer, status, [`apply_child`](Self::apply_child),
+    /// events — are checked already).
+    ///
+    /// # Errors
+    /// [`Error::NotLeader`] past the renew deadline.
+    pub fn check_leader(&self) -> Result<()> {
+        self.guard.check()
     }
 
     /// The operator's name: its field manager and the controller name in logs.
@@ -302,17 +320,20 @@ where
         } else {
             Vec::new()
         };
-        let provider = StaticApiProvider::new(self.client.clone(), namespaces.clone(), caching);
+        let guard = RequestGuard::new();
+        let client = guard.client(self.client);
+        let provider = StaticApiProvider::new(client.clone(), namespaces.clone(), caching);
         Ok(Ctx {
-            repository: K8sRepository::new(self.client.clone(), provider, name.clone()),
+            repository: K8sRepository::new(client.clone(), provider, name.clone()),
             events: self
                 .events
-                .map(|component| EventRecorder::new(self.client.clone(), component)),
-            client: self.client,
+                .map(|component| EventRecorder::new(client.clone(), component)),
+            client,
             name,
             finalizer: self.finalizer,
             namespaces,
             caches: Caches::new(),
+            guard,
         })
     }
 }
@@ -372,15 +393,17 @@ where
     /// An operator running `handler` with its context's namespaces and name.
     pub fn new<H: Handler<R>>(handler: H) -> Self {
         let ctx = handler.ctx();
-        let (client, namespaces, name, caches) = (
+        let (client, namespaces, name, caches, guard) = (
             ctx.client.clone(),
             ctx.namespaces.clone(),
             ctx.name.clone(),
             ctx.caches.clone(),
+            ctx.guard.clone(),
         );
         Operator::with_reconciler(client, HandlerReconciler(handler))
             .namespaces(namespaces)
             .name(name)
             .share_caches(caches)
+            .request_guard(guard)
     }
 }

@@ -270,6 +270,9 @@ pub struct Leadership {
     name: String,
     identity: String,
     state: watch::Sender<bool>,
+    /// Until when this replica may act as the leader: the last successful renewal's send time
+    /// plus the renew deadline (`None` while not leading).
+    valid_until: Arc<Mutex<Option<Instant>>>,
     stopping: watch::Sender<bool>,
     stop: Mutex<Option<oneshot::Sender<()>>>,
     task: Mutex<Option<JoinHandle<()>>>,
@@ -298,9 +301,20 @@ impl Leadership {
         &self.identity
     }
 
-    /// Whether this replica leads right now.
+    /// Whether this replica leads right now: it holds the Lease and its renew deadline has not
+    /// passed since the last successful renewal. Judged on the clock at each call, so a replica
+    /// that was paused (SIGSTOP, a long GC-like stall) past its deadline reports `false` the
+    /// moment it runs again, before its election task had a chance to notice.
     pub fn is_leader(&self) -> bool {
         *self.state.borrow()
+            && self
+                .valid_until()
+                .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Until when this replica may act as the leader (`None` while not leading).
+    pub fn valid_until(&self) -> Option<Instant> {
+        *lock(&self.valid_until)
     }
 
     /// A receiver of every change of [`is_leader`](Self::is_leader).
@@ -341,15 +355,31 @@ impl Leadership {
     ///
     /// Wrap each reconcile in it and only the leader reconciles, while standbys keep their
     /// watch caches warm and hold their pending objects until they lead.
+    ///
+    /// `work` is never polled once the renew deadline has passed without a renewal (checked on
+    /// the clock before every poll), so a paused leader that wakes up past its deadline does not
+    /// run one more step of it.
     pub async fn while_leader<F: Future>(&self, work: F) -> Option<F::Output> {
         if !self.acquired().await {
             return None;
         }
-        tokio::select! {
-            biased;
-            () = self.lost() => None,
-            output = work => Some(output),
-        }
+        let mut work = std::pin::pin!(work);
+        let mut lost = std::pin::pin!(self.lost());
+        let mut expiry = std::pin::pin!(tokio::time::sleep_until(Instant::now()));
+        std::future::poll_fn(|cx| {
+            if lost.as_mut().poll(cx).is_ready() || !self.is_leader() {
+                return std::task::Poll::Ready(None);
+            }
+            // Wake up at the deadline even if the election task is late to notice it.
+            if let Some(until) = self.valid_until()
+                && expiry.deadline() != until
+            {
+                expiry.as_mut().reset(until);
+            }
+            let _ = expiry.as_mut().poll(cx);
+            work.as_mut().poll(cx).map(Some)
+        })
+        .await
     }
 
     /// Starts shutting down: standbys waiting in [`acquired`](Self::acquired) or
@@ -396,6 +426,7 @@ impl Drop for Leadership {
             watch.abort();
         }
         self.state.send_replace(false);
+        *lock(&self.valid_until) = None;
         self.stopping.send_replace(true);
         if let Some(metrics) = &self.metrics {
             metrics.set_leader(&self.name, false);
@@ -492,6 +523,7 @@ fn spawn_elector<S: LeaseStore>(
     watch: Option<JoinHandle<()>>,
 ) -> Leadership {
     let state = watch::Sender::new(false);
+    let valid_until = Arc::new(Mutex::new(None));
     let stopping = watch::Sender::new(false);
     let (stop, stopped) = oneshot::channel();
     if let Some(metrics) = &metrics {
@@ -501,6 +533,7 @@ fn spawn_elector<S: LeaseStore>(
         store,
         config: config.clone(),
         state: state.clone(),
+        valid_until: valid_until.clone(),
         metrics: metrics.clone(),
         wake,
         observed: None,
@@ -510,6 +543,7 @@ fn spawn_elector<S: LeaseStore>(
         name: config.name,
         identity: config.identity,
         state,
+        valid_until,
         stopping,
         stop: Mutex::new(Some(stop)),
         task: Mutex::new(Some(task)),
@@ -540,6 +574,7 @@ struct Elector<S> {
     store: S,
     config: ElectionConfig,
     state: watch::Sender<bool>,
+    valid_until: Arc<Mutex<Option<Instant>>>,
     metrics: Option<Metrics>,
     wake: Arc<Notify>,
     /// The last Lease record seen and when (on our clock) it was first seen.
@@ -555,8 +590,10 @@ impl<S: LeaseStore> Elector<S> {
                 return;
             };
             tracing::info!(%lease, %identity, "became leader");
+            self.set_valid_until(Some(renewed + self.config.renew_deadline));
             self.set_leader(true);
             let end = self.lead(renewed, &mut stop).await;
+            self.set_valid_until(None);
             self.set_leader(false);
             match end {
                 TermEnd::Lost => tracing::warn!(%lease, %identity, "lost leadership; standing by"),
@@ -620,7 +657,10 @@ impl<S: LeaseStore> Elector<S> {
             };
             tokio::select! {
                 result = tokio::time::timeout_at(deadline, renewal) => match result {
-                    Ok(Some(sent_at)) => renewed = sent_at,
+                    Ok(Some(sent_at)) => {
+                        renewed = sent_at;
+                        self.set_valid_until(Some(renewed + renew_deadline));
+                    }
                     Ok(None) => {
                         tracing::warn!(%lease, "another replica holds the Lease");
                         return TermEnd::Lost;
@@ -733,6 +773,10 @@ impl<S: LeaseStore> Elector<S> {
                 tracing::warn!(%lease, %error, "cannot release the Lease; a standby takes over when it expires");
             }
         }
+    }
+
+    fn set_valid_until(&self, until: Option<Instant>) {
+        *lock(&self.valid_until) = until;
     }
 
     fn set_leader(&self, leader: bool) {

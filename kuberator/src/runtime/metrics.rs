@@ -54,6 +54,8 @@ struct Inner {
     reconcile_errors: Family<ErrorLabels, Counter>,
     terminal_errors: Family<ControllerLabels, Counter>,
     panics: Family<ControllerLabels, Counter>,
+    timeouts: Family<ControllerLabels, Counter>,
+    cancelled: Family<ControllerLabels, Counter>,
     reconcile_time: HistogramFamily,
     max_concurrent: Family<ControllerLabels, Gauge>,
     active_workers: Family<ControllerLabels, Gauge>,
@@ -70,6 +72,8 @@ struct Inner {
 /// | `controller_runtime_reconcile_errors_total` (counter) | `controller`, `reason` ([`Error::reason`]: bounded) |
 /// | `controller_runtime_terminal_reconcile_errors_total` (counter) | `controller` |
 /// | `controller_runtime_reconcile_panics_total` (counter) | `controller` |
+/// | `controller_runtime_reconcile_timeouts_total` (counter: cancelled at the reconcile timeout) | `controller` |
+/// | `kuberator_shutdown_cancelled_reconciles_total` (counter: cancelled at the shutdown deadline) | `controller` |
 /// | `controller_runtime_reconcile_time_seconds` (histogram, controller-runtime's buckets) | `controller` |
 /// | `controller_runtime_max_concurrent_reconciles` (gauge) | `controller` |
 /// | `controller_runtime_active_workers` (gauge) | `controller` |
@@ -117,6 +121,8 @@ impl Metrics {
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         let terminal_errors = Family::<ControllerLabels, Counter>::default();
         let panics = Family::<ControllerLabels, Counter>::default();
+        let timeouts = Family::<ControllerLabels, Counter>::default();
+        let cancelled = Family::<ControllerLabels, Counter>::default();
         let reconcile_time: HistogramFamily =
             Family::new_with_constructor(|| Histogram::new(RECONCILE_TIME_BUCKETS));
         let max_concurrent = Family::<ControllerLabels, Gauge>::default();
@@ -143,6 +149,16 @@ impl Metrics {
             "controller_runtime_reconcile_panics",
             "Total number of reconciliation panics per controller",
             panics.clone(),
+        );
+        registry.register(
+            "controller_runtime_reconcile_timeouts",
+            "Total number of reconciliations cancelled at the reconcile timeout per controller",
+            timeouts.clone(),
+        );
+        registry.register(
+            "kuberator_shutdown_cancelled_reconciles",
+            "Total number of reconciliations cancelled at the shutdown deadline per controller",
+            cancelled.clone(),
         );
         registry.register_with_unit(
             "controller_runtime_reconcile_time",
@@ -177,6 +193,8 @@ impl Metrics {
                 reconcile_errors,
                 terminal_errors,
                 panics,
+                timeouts,
+                cancelled,
                 reconcile_time,
                 max_concurrent,
                 active_workers,
@@ -225,6 +243,8 @@ impl Metrics {
         }
         touch(&inner.terminal_errors, &labels);
         touch(&inner.panics, &labels);
+        touch(&inner.timeouts, &labels);
+        touch(&inner.cancelled, &labels);
         touch(&inner.reconcile_time, &labels);
         touch(&inner.max_concurrent, &labels);
         touch(&inner.active_workers, &labels);
@@ -335,6 +355,15 @@ impl ControllerMetrics {
             .set(i64::from(limit));
     }
 
+    /// Counts `count` reconciles cancelled at the shutdown deadline.
+    pub fn shutdown_cancelled(&self, count: u64) {
+        self.metrics
+            .inner
+            .cancelled
+            .get_or_create(&self.labels)
+            .inc_by(count);
+    }
+
     /// An object is waiting for a reconcile slot: `workqueue_depth` goes up until the guard is
     /// dropped.
     pub fn queued(&self) -> QueuedGuard {
@@ -388,6 +417,9 @@ impl ControllerMetrics {
             }
             if matches!(error, Error::Panic { .. }) {
                 inner.panics.get_or_create(&self.labels).inc();
+            }
+            if matches!(error, Error::ReconcileTimeout { .. }) {
+                inner.timeouts.get_or_create(&self.labels).inc();
             }
         }
         inner

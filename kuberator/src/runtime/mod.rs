@@ -8,7 +8,9 @@ pub mod metrics;
 mod operator;
 mod served;
 mod shared;
+mod request;
 mod shutdown;
+mod timeout;
 mod watch;
 
 pub use backoff::Backoff;
@@ -18,5 +20,11 @@ pub use manager::{IntoController, Manager};
 pub use metrics::{ControllerMetrics, Metrics};
 pub use operator::{Operator, Reconciler, default_error_policy};
 pub use shared::{Cache, Cached, Caches};
+pub use operator::{DEFAULT_SHUTDOWN_TIMEOUT, Operator, Reconciler, default_error_policy};
+pub use request::{
+    DEFAULT_REQUEST_TIMEOUT, MAX_RETRY_AFTER, RequestError, RequestGuard, THROTTLE_LOG_INTERVAL,
+    client_without_retry, request_error,
+};
 pub use shutdown::shutdown_signal;
+pub use timeout::DEFAULT_RECONCILE_TIMEOUT;
 pub(crate) use watch::decode_dynamic;

@@ -36,9 +36,11 @@ use super::{
     },
     metrics::{ControllerMetrics, Metrics},
     served::WatchedKind,
+    request::RequestGuard,
     shared::{Caches, SharedWatches},
     shutdown::shutdown_signal,
-    watch::typed_watch,
+    timeout::{DEFAULT_RECONCILE_TIMEOUT, with_timeout},
+    watch::{WatchBackoff, typed_watch},
 };
 use crate::{
     cache::ApiScope,
@@ -139,7 +141,13 @@ pub struct Operator<R: Object> {
     permissions: Option<Rbac>,
     watched: Vec<WatchedKind>,
     check_served: bool,
+    reconcile_timeout: Option<Duration>,
+    shutdown_timeout: Option<Duration>,
+    guard: RequestGuard,
 }
+
+/// controller-runtime's default graceful-shutdown timeout: 30 s.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl<R: Object> Operator<R>
 where
@@ -168,6 +176,9 @@ where
             permissions: None,
             watched: vec![WatchedKind::of::<R>()],
             check_served: true,
+            reconcile_timeout: Some(DEFAULT_RECONCILE_TIMEOUT),
+            shutdown_timeout: Some(DEFAULT_SHUTDOWN_TIMEOUT),
+            guard: RequestGuard::new(),
         }
     }
 }
@@ -244,7 +255,7 @@ impl<R: Object> Operator<R> {
                     let api: Api<PartialObjectMeta<Child>> =
                         <Child::Scope as ApiScope>::api(client, ns.as_deref());
                     watcher(api, watcher::Config::default())
-                        .default_backoff()
+                        .backoff(WatchBackoff::default())
                         .boxed()
                 };
                 let (_, children) = wiring.watches.subscribe::<PartialObjectMeta<Child>>(
@@ -292,7 +303,7 @@ impl<R: Object> Operator<R> {
                 let make = move || {
                     let api: Api<Other> = <Other::Scope as ApiScope>::api(client, ns.as_deref());
                     watcher(api, watcher::Config::default())
-                        .default_backoff()
+                        .backoff(WatchBackoff::default())
                         .boxed()
                 };
                 let (_, related) = wiring.watches.subscribe::<Other>(
@@ -392,6 +403,53 @@ impl<R: Object> Operator<R> {
         self
     }
 
+    /// How long one reconcile may take (default
+    /// [`DEFAULT_RECONCILE_TIMEOUT`](crate::runtime::DEFAULT_RECONCILE_TIMEOUT), 5 minutes;
+    /// `None`: no limit). A reconcile still running then is cancelled, counted in
+    /// `controller_runtime_reconcile_timeouts_total`, recorded as an
+    /// [`Error::ReconcileTimeout`] (status, event) and retried with backoff; its slot is free
+    /// at once. Like controller-runtime's `ReconciliationTimeout`, which is off by default.
+    #[must_use]
+    pub fn reconcile_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.reconcile_timeout = timeout.into();
+        self
+    }
+
+    /// How long a graceful shutdown waits for in-flight reconciles (default
+    /// [`DEFAULT_SHUTDOWN_TIMEOUT`], 30 s as controller-runtime's; `None`: forever). Those still
+    /// running then are cancelled and counted in `kuberator_shutdown_cancelled_reconciles_total`;
+    /// events are flushed and the Lease released either way.
+    #[must_use]
+    pub fn shutdown_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.shutdown_timeout = timeout.into();
+        self
+    }
+
+    /// The deadline of each API request made through the operator's [`guard`](Self::guard)
+    /// (a [`Ctx`](crate::Ctx)'s client; default
+    /// [`DEFAULT_REQUEST_TIMEOUT`](crate::runtime::DEFAULT_REQUEST_TIMEOUT), 30 s; `None`:
+    /// none). See [`RequestGuard`].
+    #[must_use]
+    pub fn request_timeout(self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.guard.set_timeout(timeout.into());
+        self
+    }
+
+    /// Shares `guard` (e.g. a [`Ctx`](crate::Ctx)'s, which [`Operator::new`] does for you): the
+    /// operator attaches its leadership to it, so every client it wrapped refuses writes past
+    /// the renew deadline.
+    #[must_use]
+    pub fn request_guard(mut self, guard: RequestGuard) -> Self {
+        self.guard = guard;
+        self
+    }
+
+    /// The operator's [`RequestGuard`]: wrap your own clients with it
+    /// ([`RequestGuard::client`]) so that they too stop writing when leadership is in doubt.
+    pub fn guard(&self) -> &RequestGuard {
+        &self.guard
+    }
+
     /// Stops gracefully on SIGTERM or SIGINT.
     #[must_use]
     pub fn shutdown_on_signal(self) -> Self {
@@ -455,6 +513,12 @@ impl<R: Object> ManagedController for Operator<R> {
     ) -> Result<BoxFuture<'static, ()>> {
         let this = *self;
         let name = this.name;
+        if let Some(metrics) = &services.metrics {
+            this.guard.register_metrics(metrics);
+        }
+        if let Some(leadership) = &services.leadership {
+            this.guard.attach(leadership.clone());
+        }
         let controller_metrics = services.metrics.as_ref().map(|m| {
             let cm = m.controller(name.clone());
             cm.set_max_concurrent_reconciles(this.concurrency);
@@ -468,6 +532,8 @@ impl<R: Object> ManagedController for Operator<R> {
             kind: R::kind(&()).into_owned(),
             metrics: controller_metrics,
             leadership: services.leadership.clone(),
+            reconcile_timeout: this.reconcile_timeout,
+            in_flight: std::sync::atomic::AtomicU64::new(0),
         });
         let scopes: Vec<Option<String>> = if this.namespaces.is_empty() {
             vec![None]
@@ -521,9 +587,38 @@ impl<R: Object> ManagedController for Operator<R> {
                 type_id,
             }));
         tracing::info!(controller = %name, scopes = ?scopes, concurrency = this.concurrency, "controller started");
+        // After the shutdown signal, in-flight reconciles get `shutdown_timeout` to finish.
+        let shutdown_timeout = this.shutdown_timeout;
+        let deadline = services.shutdown.clone().map(|signal| async move {
+            signal.await;
+            match shutdown_timeout {
+                Some(timeout) => tokio::time::sleep(timeout).await,
+                None => std::future::pending().await,
+            }
+        });
         Ok(async move {
-            while let Some(result) = loops.next().await {
-                log_result(&name, result);
+            let mut deadline = std::pin::pin!(async move {
+                match deadline {
+                    Some(deadline) => deadline.await,
+                    None => std::future::pending().await,
+                }
+            });
+            loop {
+                tokio::select! {
+                    result = loops.next() => match result {
+                        Some(result) => log_result(&name, result),
+                        None => break,
+                    },
+                    () = &mut deadline => {
+                        let cancelled = shared.in_flight.load(std::sync::atomic::Ordering::SeqCst);
+                        tracing::warn!(controller = %name, cancelled, timeout = ?shutdown_timeout, "shutdown deadline reached; cancelling the reconciles still running");
+                        if let Some(metrics) = &shared.metrics {
+                            metrics.shutdown_cancelled(cancelled);
+                        }
+                        drop(loops);
+                        break;
+                    }
+                }
             }
             shared.reconciler.shutdown().await;
             tracing::info!(controller = %name, "controller stopped");
@@ -594,6 +689,25 @@ struct LoopState<R: Object> {
     kind: String,
     metrics: Option<ControllerMetrics>,
     leadership: Option<Arc<Leadership>>,
+    reconcile_timeout: Option<Duration>,
+    /// Reconciles holding a slot right now.
+    in_flight: std::sync::atomic::AtomicU64,
+}
+
+/// Counts a reconcile in [`LoopState::in_flight`] while alive (also when cancelled).
+struct InFlight<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a std::sync::atomic::AtomicU64) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 async fn reconcile<R: Object>(object: Arc<R>, shared: Arc<LoopState<R>>) -> Result<Action> {
@@ -617,23 +731,31 @@ async fn reconcile_counted<R: Object>(object: Arc<R>, shared: Arc<LoopState<R>>)
         .metrics
         .as_ref()
         .map(ControllerMetrics::reconcile_started);
+    let _in_flight = InFlight::enter(&shared.in_flight);
     let key = ObjectRef::from_obj(object.as_ref());
     let span = reconcile_span(&shared.kind, object.as_ref());
-    let result = AssertUnwindSafe(shared.reconciler.reconcile(object.clone()))
+    let handler = AssertUnwindSafe(shared.reconciler.reconcile(object.clone()))
         .catch_unwind()
         .instrument(span.clone())
-        .await
-        .unwrap_or_else(|panic| {
+        .map(|outcome| {
+            outcome.unwrap_or_else(|panic| {
             let message = panic
                 .downcast_ref::<&str>()
                 .map(|s| (*s).to_owned())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "non-string panic payload".to_owned());
-            Err(Error::Panic {
-                object: ObjectKey::of(object.as_ref()),
-                message,
+                Err(Error::Panic {
+                    object: ObjectKey::of(object.as_ref()),
+                    message,
+                })
             })
         });
+    let result = with_timeout(
+        shared.reconcile_timeout,
+        || ObjectKey::of(object.as_ref()),
+        handler,
+    )
+    .await;
     match &result {
         Ok(_) => shared.failures.reset(&key),
         Err(error) => {

@@ -133,6 +133,7 @@ pub struct TestEnvBuilder {
     timeout: Duration,
     crds: Vec<CustomResourceDefinition>,
     apiserver_args: Vec<String>,
+    audit_log: bool,
 }
 
 impl Default for TestEnvBuilder {
@@ -143,6 +144,7 @@ impl Default for TestEnvBuilder {
             timeout: Duration::from_secs(60),
             crds: Vec::new(),
             apiserver_args: Vec::new(),
+            audit_log: false,
         }
     }
 }
@@ -188,6 +190,21 @@ impl TestEnvBuilder {
     pub fn apiserver_arg(mut self, arg: impl Into<String>) -> Self {
         self.apiserver_args.push(arg.into());
         self
+    }
+
+    /// Writes the API server's audit log (metadata of every request: who, what, when) to
+    /// [`TestEnv::audit_log_path`]; read it with [`TestEnv::audit_events`]. Off by default.
+    pub fn audit_log(mut self, enabled: bool) -> Self {
+        self.audit_log = enabled;
+        self
+    }
+
+    /// Throttles the API server as a busy cluster does: at most `inflight` read and `mutating`
+    /// write requests at once (`--max-requests-inflight`, `--max-mutating-requests-inflight`;
+    /// API Priority and Fairness stays on and answers the excess with 429).
+    pub fn throttle(self, inflight: u32, mutating: u32) -> Self {
+        self.apiserver_arg(format!("--max-requests-inflight={inflight}"))
+            .apiserver_arg(format!("--max-mutating-requests-inflight={mutating}"))
     }
 
     /// Starts the control plane and waits until the API server is ready, the `default`
@@ -268,6 +285,17 @@ impl TestEnvBuilder {
 
         let server_url = format!("https://127.0.0.1:{apiserver_port}");
         let mut args = apiserver_args(root, &files, &etcd_url, apiserver_port);
+        if self.audit_log {
+            let policy = root.join("audit-policy.yaml");
+            std::fs::write(&policy, super::faults::AUDIT_POLICY)
+                .with_context(|| format!("writing {}", policy.display()))?;
+            args.push(format!("--audit-policy-file={}", policy.display()));
+            args.push(format!(
+                "--audit-log-path={}",
+                root.join("audit.log").display()
+            ));
+            args.push("--audit-log-mode=blocking".into());
+        }
         args.extend(self.apiserver_args.iter().cloned());
         let apiserver_log = root.join("kube-apiserver.log");
         let apiserver_pid = processes.spawn(

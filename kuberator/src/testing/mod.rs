@@ -18,8 +18,10 @@
 mod assets;
 mod certs;
 mod env;
+mod faults;
 mod kubectl;
 mod process;
 
 pub use assets::{KUBERNETES_VERSION, assets_dir};
 pub use env::{TestEnv, TestEnvBuilder};
+pub use faults::ServiceAccountAccess;

@@ -25,6 +25,11 @@ struct Running {
     name: &'static str,
     child: Child,
     log: PathBuf,
+    program: PathBuf,
+    args: Vec<String>,
+    cwd: PathBuf,
+    /// Killed on purpose (a fault), not yet started again.
+    down: bool,
 }
 
 /// A process that exited while it should have been running.
@@ -70,11 +75,34 @@ impl Processes {
         cwd: &Path,
     ) -> anyhow::Result<u32> {
         let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = self.start(name, program, args, cwd, out, &log)?;
+        let pid = child.id();
+        self.children.push(Running {
+            name,
+            child,
+            log,
+            program: program.to_owned(),
+            args: args.to_vec(),
+            cwd: cwd.to_owned(),
+            down: false,
+        });
+        Ok(pid)
+    }
+
+    fn start(
+        &self,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        cwd: &Path,
+        out: File,
+        log: &Path,
+    ) -> anyhow::Result<Child> {
         let err = out
             .try_clone()
             .with_context(|| format!("opening {}", log.display()))?;
         let pgid = i32::try_from(self.pgid).context("process group id out of range")?;
-        let child = Command::new(program)
+        Command::new(program)
             .args(args)
             .current_dir(cwd)
             .stdin(Stdio::null())
@@ -82,26 +110,88 @@ impl Processes {
             .stderr(err)
             .process_group(pgid)
             .spawn()
-            .with_context(|| format!("starting {name} ({})", program.display()))?;
+            .with_context(|| format!("starting {name} ({})", program.display()))
+    }
+
+    fn running(&mut self, name: &str) -> anyhow::Result<&mut Running> {
+        self.children
+            .iter_mut()
+            .find(|running| running.name == name)
+            .with_context(|| format!("no {name} process in this control plane"))
+    }
+
+    /// Sends `signal` to the process `name` (e.g. `SIGSTOP` to pause it, `SIGCONT` to resume).
+    pub(crate) fn signal(
+        &mut self,
+        name: &str,
+        signal: rustix::process::Signal,
+    ) -> anyhow::Result<()> {
+        let running = self.running(name)?;
+        let pid = i32::try_from(running.child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .context("process id out of range")?;
+        rustix::process::kill_process(pid, signal)
+            .with_context(|| format!("sending {signal:?} to {name}"))
+    }
+
+    /// Kills the process `name` (`SIGKILL`) and reaps it; [`restart`](Self::restart) starts it
+    /// again with the same arguments (same ports, same certificates, same data).
+    pub(crate) fn kill(&mut self, name: &str) -> anyhow::Result<()> {
+        let running = self.running(name)?;
+        let _ = running.child.kill();
+        running
+            .child
+            .wait()
+            .with_context(|| format!("reaping {name}"))?;
+        running.down = true;
+        Ok(())
+    }
+
+    /// Starts the process `name` again (killing it first if it still runs), appending to its
+    /// log; returns the new pid.
+    pub(crate) fn restart(&mut self, name: &str) -> anyhow::Result<u32> {
+        if !self.running(name)?.down {
+            self.kill(name)?;
+        }
+        let (program, args, cwd, log) = {
+            let running = self.running(name)?;
+            (
+                running.program.clone(),
+                running.args.clone(),
+                running.cwd.clone(),
+                running.log.clone(),
+            )
+        };
+        let out = File::options()
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let child = self.start(name, &program, &args, &cwd, out, &log)?;
         let pid = child.id();
-        self.children.push(Running { name, child, log });
+        let running = self.running(name)?;
+        running.child = child;
+        running.down = false;
         Ok(pid)
     }
 
     /// The first process that has exited, if any.
     pub(crate) fn exited(&mut self) -> Option<Exited> {
-        self.children.iter_mut().find_map(|running| {
-            match running.child.try_wait() {
-                Ok(Some(status)) => Some(status),
-                // Cannot tell: report nothing, the readiness timeout still applies.
-                Ok(None) | Err(_) => None,
-            }
-            .map(|status| Exited {
-                name: running.name,
-                status,
-                log: running.log.clone(),
+        self.children
+            .iter_mut()
+            .filter(|r| !r.down)
+            .find_map(|running| {
+                match running.child.try_wait() {
+                    Ok(Some(status)) => Some(status),
+                    // Cannot tell: report nothing, the readiness timeout still applies.
+                    Ok(None) | Err(_) => None,
+                }
+                .map(|status| Exited {
+                    name: running.name,
+                    status,
+                    log: running.log.clone(),
+                })
             })
-        })
     }
 
     /// Kills the whole group with `SIGKILL` and reaps every process; idempotent.

@@ -1,0 +1,444 @@
+//! The operator's requests: a deadline on every request, no write from a replica that is not
+//! sure it leads, and throttling (HTTP 429) counted, logged and retried at the server's pace.
+//!
+//! [`RequestGuard::client`] wraps a [`Client`]; every request through the wrapped client
+//!
+//! 1. is refused (never sent) when it writes (`POST`, `PUT`, `PATCH`, `DELETE`) and the
+//!    operator's [`Leadership`] is past its renew deadline without a successful renewal
+//!    (Lease and access-review requests are exempt: the election itself must keep working);
+//! 2. gets a deadline (default [`DEFAULT_REQUEST_TIMEOUT`]): a request the server does not answer
+//!    in time fails with [`RequestError::Timeout`] instead of blocking its worker forever. For a
+//!    watch the deadline covers the response headers, not the stream;
+//! 3. on `429 Too Many Requests` is counted (`kuberator_client_throttled_total`), logged at most
+//!    once per [`THROTTLE_LOG_INTERVAL`], and retried after the server's `Retry-After` (capped
+//!    at [`MAX_RETRY_AFTER`]) while its deadline allows; then the 429 is returned as an error
+//!    and the reconcile backs off.
+//!
+//! kube-rs clients built with `Config::default_retry = true` (the default) retry 429s
+//! themselves, silently, for up to 15 tries with a delay doubling from 5 ms to 1000 s; the
+//! deadline bounds that loop. Build the operator's client with `default_retry = false` (see
+//! [`client_without_retry`]) to see every 429 in the metric.
+
+use std::{
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use http::{Method, Request, Response, StatusCode};
+use kube::{Client, client::Body};
+use prometheus_client::metrics::counter::Counter;
+use tokio::time::Instant;
+
+use super::{leader::Leadership, metrics::Metrics};
+use crate::error::{Error, Result};
+
+/// How long a request may take until its response headers arrive (30 s; kube-apiserver's own
+/// limit for non-watch requests is 60 s).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// At most one throttling log line per interval (10 s); the metric counts every 429.
+pub const THROTTLE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// The longest wait honoured from a `Retry-After` header (5 s).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// The first wait after a 429 without `Retry-After`; doubles up to [`MAX_RETRY_AFTER`].
+const FIRST_RETRY: Duration = Duration::from_millis(200);
+
+/// Why the wrapped client refused or abandoned a request; found as the source of a
+/// `kube::Error::Service`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// A write from a replica whose leadership is past its renew deadline.
+    #[error("{method} {path} refused: this replica is not the leader (renew deadline passed)")]
+    NotLeader {
+        /// The request's method.
+        method: Method,
+        /// The request's path.
+        path: String,
+    },
+    /// No response within the request deadline.
+    #[error("{method} {path}: no response within {after:?}")]
+    Timeout {
+        /// The request's method.
+        method: Method,
+        /// The request's path.
+        path: String,
+        /// The deadline.
+        after: Duration,
+    },
+}
+
+/// The request policy shared by an operator, its context and every client it wrapped: the
+/// leadership that gates writes, the request deadline, the throttling counter. Cheap to clone.
+///
+/// ```no_run
+/// use kuberator::runtime::RequestGuard;
+/// # async fn doc(client: kube::Client) -> kuberator::Result<()> {
+/// let guard = RequestGuard::new();
+/// let client = guard.client(client); // writes refused while not leading, 30 s deadline
+/// guard.check()?; // what a handler calls before a side effect of its own
+/// # let _ = client;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Default)]
+pub struct RequestGuard {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    leadership: Mutex<Option<Arc<Leadership>>>,
+    /// Milliseconds; 0 = no deadline.
+    timeout_ms: AtomicU64,
+    throttled: Counter,
+    timeouts: Counter,
+    refused: Counter,
+    last_throttle_log: Mutex<Option<Instant>>,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Inner {
+            leadership: Mutex::new(None),
+            timeout_ms: AtomicU64::new(millis(DEFAULT_REQUEST_TIMEOUT)),
+            throttled: Counter::default(),
+            timeouts: Counter::default(),
+            refused: Counter::default(),
+            last_throttle_log: Mutex::new(None),
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl std::fmt::Debug for RequestGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestGuard")
+            .field("timeout", &self.timeout())
+            .field("allows_writes", &self.allows_writes())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RequestGuard {
+    /// A guard with no leadership (writes always allowed) and the default deadline.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Gates writes on `leadership` from now on.
+    pub fn attach(&self, leadership: Arc<Leadership>) {
+        *self
+            .inner
+            .leadership
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(leadership);
+    }
+
+    /// Sets the request deadline (`None`: none).
+    pub fn set_timeout(&self, timeout: Option<Duration>) {
+        let ms = timeout.map_or(0, |t| millis(t).max(1));
+        self.inner.timeout_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The request deadline.
+    pub fn timeout(&self) -> Option<Duration> {
+        match self.inner.timeout_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    /// Registers `kuberator_client_throttled_total`, `kuberator_client_request_timeouts_total`
+    /// and `kuberator_client_writes_refused_total` in `metrics` (call once per registry).
+    pub fn register_metrics(&self, metrics: &Metrics) {
+        let inner = self.inner.clone();
+        metrics.register(|registry| {
+            registry.register(
+                "kuberator_client_throttled",
+                "Responses 429 Too Many Requests received by the operator's client",
+                inner.throttled.clone(),
+            );
+            registry.register(
+                "kuberator_client_request_timeouts",
+                "Requests abandoned at their deadline",
+                inner.timeouts.clone(),
+            );
+            registry.register(
+                "kuberator_client_writes_refused",
+                "Writes refused because this replica was past its renew deadline",
+                inner.refused.clone(),
+            );
+        });
+    }
+
+    /// 429 responses seen so far.
+    pub fn throttled(&self) -> u64 {
+        self.inner.throttled.get()
+    }
+
+    /// Whether this replica may write: no leadership attached, or it leads and is within its
+    /// renew deadline.
+    pub fn allows_writes(&self) -> bool {
+        let leadership = self
+            .inner
+            .leadership
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        leadership.is_none_or(|l| l.is_leader())
+    }
+
+    /// `Ok` when this replica may write; for handlers to call before side effects of their own.
+    ///
+    /// # Errors
+    /// [`Error::NotLeader`] past the renew deadline.
+    pub fn check(&self) -> Result<()> {
+        if self.allows_writes() {
+            Ok(())
+        } else {
+            Err(Error::NotLeader)
+        }
+    }
+
+    /// `client` with this guard in front of every request.
+    pub fn client(&self, client: Client) -> Client {
+        let namespace = client.default_namespace().to_owned();
+        let guard = self.clone();
+        let service = tower::service_fn(move |request: Request<Body>| {
+            let (guard, client) = (guard.clone(), client.clone());
+            async move { guard.send(&client, request).await }
+        });
+        Client::new(service, namespace)
+    }
+
+    async fn send(
+        &self,
+        client: &Client,
+        request: Request<Body>,
+    ) -> Result<Response<Body>, kube::Error> {
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        if is_write(&method) && !exempt(&path) && !self.allows_writes() {
+            self.inner.refused.inc();
+            tracing::debug!(%method, %path, "write refused: past the renew deadline");
+            return Err(service_error(RequestError::NotLeader { method, path }));
+        }
+        let timeout = self.timeout();
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut request = request;
+        let mut wait = FIRST_RETRY;
+        loop {
+            let retry = request.body().try_clone().map(|body| {
+                let mut copy = Request::new(body);
+                *copy.method_mut() = request.method().clone();
+                *copy.uri_mut() = request.uri().clone();
+                *copy.headers_mut() = request.headers().clone();
+                *copy.extensions_mut() = request.extensions().clone();
+                copy
+            });
+            let sent = client.send(request);
+            let response = match deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline, sent).await {
+                    Ok(response) => response?,
+                    Err(_) => {
+                        self.inner.timeouts.inc();
+                        let after = timeout.unwrap_or_default();
+                        return Err(service_error(RequestError::Timeout {
+                            method,
+                            path,
+                            after,
+                        }));
+                    }
+                },
+                None => sent.await?,
+            };
+            if response.status() != StatusCode::TOO_MANY_REQUESTS {
+                return Ok(response);
+            }
+            self.inner.throttled.inc();
+            let delay = retry_after(&response).unwrap_or(wait).min(MAX_RETRY_AFTER);
+            wait = (wait * 2).min(MAX_RETRY_AFTER);
+            self.log_throttled(&method, &path, delay);
+            let fits = deadline.is_none_or(|d| Instant::now() + delay < d);
+            match retry {
+                Some(next) if fits => {
+                    tokio::time::sleep(delay).await;
+                    request = next;
+                }
+                _ => return Ok(response),
+            }
+        }
+    }
+
+    fn log_throttled(&self, method: &Method, path: &str, delay: Duration) {
+        let now = Instant::now();
+        let mut last = self
+            .inner
+            .last_throttle_log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.is_none_or(|at| now.duration_since(at) >= THROTTLE_LOG_INTERVAL) {
+            *last = Some(now);
+            tracing::warn!(
+                %method,
+                %path,
+                retry_in = ?delay,
+                throttled_total = self.inner.throttled.get(),
+                "the API server is throttling this operator (429 Too Many Requests)"
+            );
+        }
+    }
+}
+
+fn service_error(error: RequestError) -> kube::Error {
+    kube::Error::Service(Box::new(error))
+}
+
+fn is_write(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    )
+}
+
+/// The election's own Lease and access reviews are never gated.
+fn exempt(path: &str) -> bool {
+    path.starts_with("/apis/coordination.k8s.io/")
+        || path.starts_with("/apis/authorization.k8s.io/")
+}
+
+fn retry_after<B>(response: &Response<B>) -> Option<Duration> {
+    let seconds: u64 = response
+        .headers()
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds))
+}
+
+/// A client from `config` without kube-rs' built-in silent 429 retry, so that a
+/// [`RequestGuard`] sees (counts, logs, retries) every 429 itself.
+///
+/// # Errors
+/// As `kube::Client::try_from`.
+pub fn client_without_retry(mut config: kube::Config) -> Result<Client> {
+    config.default_retry = false;
+    Client::try_from(config).map_err(|e| Error::client("building the client", e))
+}
+
+/// The [`RequestError`] inside `error`, if the guard produced it.
+pub fn request_error(error: &kube::Error) -> Option<&RequestError> {
+    match error {
+        kube::Error::Service(inner) => inner.downcast_ref::<RequestError>(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use http::Response;
+    use tower_test::mock;
+
+    fn mock_client() -> (Client, mock::Handle<Request<Body>, Response<Body>>) {
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        (Client::new(service, "default"), handle)
+    }
+
+    fn get(path: &str) -> Request<Vec<u8>> {
+        Request::get(path).body(Vec::new()).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_request_fails_at_its_deadline() {
+        let (inner, mut handle) = mock_client();
+        let guard = RequestGuard::new();
+        guard.set_timeout(Some(Duration::from_secs(3)));
+        let client = guard.client(inner);
+        let started = Instant::now();
+        let request = tokio::spawn(async move { client.request_text(get("/api/v1/pods")).await });
+        // The server takes the request and never answers.
+        let (_request, _respond) = handle.next_request().await.unwrap();
+        let error = request.await.unwrap().unwrap_err();
+        assert!(
+            matches!(request_error(&error), Some(RequestError::Timeout { .. })),
+            "{error}"
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+        assert_eq!(guard.inner.timeouts.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttled_requests_are_counted_and_retried_after_retry_after() {
+        let (inner, mut handle) = mock_client();
+        let guard = RequestGuard::new();
+        let client = guard.client(inner);
+        let started = Instant::now();
+        let request = tokio::spawn(async move { client.request_text(get("/api/v1/pods")).await });
+        for _ in 0..3 {
+            let (_, respond) = handle.next_request().await.unwrap();
+            respond.send_response(
+                Response::builder()
+                    .status(429)
+                    .header("Retry-After", "1")
+                    .body(Body::from(b"{}".to_vec()))
+                    .unwrap(),
+            );
+        }
+        let (_, respond) = handle.next_request().await.unwrap();
+        respond.send_response(Response::new(Body::from(b"ok".to_vec())));
+        assert_eq!(request.await.unwrap().unwrap(), "ok");
+        assert_eq!(guard.throttled(), 3);
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sustained_throttling_ends_at_the_deadline_with_the_429() {
+        let (inner, mut handle) = mock_client();
+        let guard = RequestGuard::new();
+        guard.set_timeout(Some(Duration::from_secs(10)));
+        let client = guard.client(inner);
+        let request = tokio::spawn(async move { client.request_text(get("/api/v1/pods")).await });
+        let answer = tokio::spawn(async move {
+            while let Some((_, respond)) = handle.next_request().await {
+                let status = serde_json::json!({"kind": "Status", "apiVersion": "v1",
+                    "status": "Failure", "reason": "TooManyRequests", "code": 429,
+                    "message": "too many requests"});
+                respond.send_response(
+                    Response::builder()
+                        .status(429)
+                        .header("Retry-After", "2")
+                        .body(Body::from(status.to_string().into_bytes()))
+                        .unwrap(),
+                );
+            }
+        });
+        let error = request.await.unwrap().unwrap_err();
+        assert!(
+            matches!(&error, kube::Error::Api(s) if s.code == 429),
+            "{error}"
+        );
+        // 2 s apart within 10 s: sent at 0, 2, 4, 6, 8; the next would land past the deadline.
+        assert_eq!(guard.throttled(), 5);
+        answer.abort();
+    }
+
+    #[test]
+    fn writes_and_exemptions() {
+        assert!(is_write(&Method::PATCH) && is_write(&Method::DELETE) && !is_write(&Method::GET));
+        assert!(exempt(
+            "/apis/coordination.k8s.io/v1/namespaces/default/leases/x"
+        ));
+        assert!(!exempt("/api/v1/namespaces/default/configmaps/x"));
+        assert!(RequestGuard::new().allows_writes());
+    }
+}
