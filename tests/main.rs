@@ -12,6 +12,7 @@ mod examples;
 mod fresh_crate;
 mod missing_crd;
 mod observability;
+mod faults;
 mod operations;
 mod production;
 mod runtime;

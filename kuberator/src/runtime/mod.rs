@@ -27,4 +27,5 @@ pub use request::{
 };
 pub use shutdown::shutdown_signal;
 pub use timeout::DEFAULT_RECONCILE_TIMEOUT;
+pub use watch::WatchBackoff;
 pub(crate) use watch::decode_dynamic;

@@ -27,7 +27,7 @@ pub(crate) fn typed_watch<R: Object>(
         None => Api::all_with(client, &resource),
     };
     watcher(api, config)
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .map_ok(move |event| {
             if matches!(event, watcher::Event::InitDone) {
                 on_listed();
@@ -35,6 +35,48 @@ pub(crate) fn typed_watch<R: Object>(
             decode_event::<R>(event)
         })
         .try_filter_map(|event| futures::future::ready(Ok(event)))
+}
+
+/// The watches' retry delay after an error: 100 ms doubling up to 1 s (with up to 20 % jitter),
+/// back to 100 ms on the first event after a successful (re)list or watch.
+///
+/// kube-runtime's default (0.8 s doubling to 30 s, reset only after 120 s without errors) suits
+/// a client that must go easy on a struggling server; a controller wants to resume within a
+/// second of the server answering again (one list per watch per second at worst while it is
+/// down, which a recovering server survives).
+#[derive(Clone, Debug)]
+pub struct WatchBackoff {
+    next: std::time::Duration,
+}
+
+impl WatchBackoff {
+    /// The first delay.
+    pub const MIN: std::time::Duration = std::time::Duration::from_millis(100);
+    /// The longest delay.
+    pub const MAX: std::time::Duration = std::time::Duration::from_secs(1);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        WatchBackoff { next: Self::MIN }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = std::time::Duration;
+
+    fn next(&mut self) -> Option<std::time::Duration> {
+        use rand::Rng;
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        Some(delay.mul_f64(1.0 + rand::rng().random_range(0.0..0.2)))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
 }
 
 fn decode_event<R: Object>(event: watcher::Event<DynamicObject>) -> Option<watcher::Event<R>> {
@@ -117,6 +159,20 @@ mod tests {
         assert_eq!(decoded, expected);
         assert_eq!(decoded.data.unwrap()["key"], "value");
         assert_eq!(decoded.metadata.uid.as_deref(), Some("u-1"));
+    }
+
+    #[test]
+    fn watch_backoff_is_capped_low_and_resets() {
+        use kube::runtime::utils::Backoff as _;
+        let mut backoff = super::WatchBackoff::default();
+        let delays: Vec<u128> = (0..6)
+            .map(|_| backoff.next().unwrap().as_millis())
+            .collect();
+        for (delay, base) in delays.iter().zip([100, 200, 400, 800, 1000, 1000]) {
+            assert!(*delay >= base && *delay <= base * 6 / 5, "{delays:?}");
+        }
+        backoff.reset();
+        assert!(backoff.next().unwrap().as_millis() < 120);
     }
 
     #[test]

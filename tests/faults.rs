@@ -1,0 +1,861 @@
+//! The fault suite: the fault operator (`kuberator_tests::Samples`, what a user writes with the
+//! macro) under hung handlers, a paused leader, API server and etcd restarts, conflicting
+//! writers, SIGTERM under load, a malformed object and API throttling. Every scenario ends with
+//! the same check: each object's `status.observedGeneration == metadata.generation` and its
+//! child carries its value, every deleted object is gone with its child (no leaked finalizer, no
+//! orphan), the operator is alive and `/readyz` is 200. Figures go to stderr
+//! (`-- --nocapture`).
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use kuberator::{
+    Operator,
+    manifests::rbac_rules_for,
+    runtime::{Metrics, client_without_retry},
+    testing::TestEnv,
+};
+use kuberator_tests::{Journal, OWNER_LABEL, Sample, SampleSpec, Samples, unix_nanos};
+use serde_json::json;
+
+use crate::{operations::http_get, support::init_tracing};
+
+/// How long a scenario may take to converge before it fails.
+const CONVERGE: Duration = Duration::from_secs(180);
+
+async fn env() -> TestEnv {
+    TestEnv::builder().crd::<Sample>().start().await.unwrap()
+}
+
+fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+fn sample(name: &str, value: i32) -> Sample {
+    Sample::new(
+        name,
+        SampleSpec {
+            value,
+            hang: false,
+            fail: None,
+        },
+    )
+}
+
+fn samples(client: &Client) -> Api<Sample> {
+    Api::namespaced(client.clone(), "default")
+}
+
+/// The fault operator running in this process, with its metrics and health endpoints.
+struct Running {
+    journal: Arc<Journal>,
+    metrics: Metrics,
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<kuberator::Result<()>>,
+}
+
+impl Running {
+    fn start(client: Client, configure: impl FnOnce(Operator<Sample>) -> Operator<Sample>) -> Self {
+        let journal = Arc::new(Journal::default());
+        let metrics = Metrics::new();
+        let addr = free_addr();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let operator = Samples {
+            journal: journal.clone(),
+            work: Duration::ZERO,
+        }
+        .operator(client)
+        .unwrap()
+        .metrics(metrics.clone())
+        .health(addr)
+        .shutdown_on(async move {
+            let _ = stopped.await;
+        });
+        let task = tokio::spawn(configure(operator).run());
+        Running {
+            journal,
+            metrics,
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    fn metric(&self, line_prefix: &str) -> f64 {
+        metric(&self.metrics.encode(), line_prefix)
+    }
+
+    async fn ready(&self) -> bool {
+        if self.task.is_finished() {
+            return false;
+        }
+        tokio::time::timeout(Duration::from_secs(2), http_get(self.addr, "/readyz"))
+            .await
+            .is_ok_and(|(code, _)| code == 200)
+    }
+
+    /// Signals shutdown; returns how long `run` took to return.
+    async fn stop(mut self) -> Duration {
+        let started = Instant::now();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(60), &mut self.task)
+            .await
+            .expect("the operator did not stop")
+            .unwrap()
+            .unwrap();
+        started.elapsed()
+    }
+}
+
+/// The value of the first series starting with `line_prefix` (0 without one).
+fn metric(text: &str, line_prefix: &str) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(line_prefix))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Creates `count` samples `<prefix>-<i>` with `value`, 16 at a time.
+async fn create_many(client: &Client, prefix: &str, count: usize, value: i32) -> Vec<String> {
+    let api = samples(client);
+    let names: Vec<String> = (0..count).map(|i| format!("{prefix}-{i}")).collect();
+    for chunk in names.chunks(16) {
+        futures::future::join_all(chunk.iter().map(|name| {
+            let api = api.clone();
+            async move {
+                loop {
+                    match api
+                        .create(&PostParams::default(), &sample(name, value))
+                        .await
+                    {
+                        Ok(_) => return,
+                        Err(kube::Error::Api(s)) if s.code == 409 => return,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
+                }
+            }
+        }))
+        .await;
+    }
+    names
+}
+
+/// Sets `spec.value` of every object in `names` (merge patch, retried through outages).
+async fn set_values(client: &Client, names: &[String], value: i32) {
+    let api = samples(client);
+    for chunk in names.chunks(16) {
+        futures::future::join_all(chunk.iter().map(|name| {
+            let api = api.clone();
+            async move {
+                let patch = json!({ "spec": { "value": value } });
+                while api
+                    .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .is_err()
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }))
+        .await;
+    }
+}
+
+async fn delete_all(client: &Client, names: &[String]) {
+    let api = samples(client);
+    for name in names {
+        loop {
+            match api.delete(name, &DeleteParams::default()).await {
+                Ok(_) => break,
+                Err(kube::Error::Api(s)) if s.code == 404 => break,
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+}
+
+/// Why the cluster has not converged yet, or `None` when it has: every live sample observed at
+/// its generation with its child at its value, no sample being deleted, no child without a
+/// sample, and `expected` live samples.
+async fn not_converged(client: &Client, expected: usize) -> Option<String> {
+    let list = match samples(client).list(&ListParams::default()).await {
+        Ok(list) => list.items,
+        Err(error) => return Some(format!("cannot list samples: {error}")),
+    };
+    let children: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let children = match children
+        .list(&ListParams::default().labels(OWNER_LABEL))
+        .await
+    {
+        Ok(list) => list.items,
+        Err(error) => return Some(format!("cannot list children: {error}")),
+    };
+    let values: BTreeMap<String, String> = children
+        .iter()
+        .map(|c| {
+            let value = c
+                .data
+                .as_ref()
+                .and_then(|d| d.get("value").cloned())
+                .unwrap_or_default();
+            (c.name_any(), value)
+        })
+        .collect();
+    if list.len() != expected {
+        return Some(format!("{} samples, expected {expected}", list.len()));
+    }
+    for s in &list {
+        let name = s.name_any();
+        if s.metadata.deletion_timestamp.is_some() {
+            return Some(format!("{name} is stuck in deletion"));
+        }
+        let status = s.status.clone().unwrap_or_default();
+        if status.observed_generation != s.metadata.generation {
+            return Some(format!(
+                "{name}: observedGeneration {:?} != generation {:?}",
+                status.observed_generation, s.metadata.generation
+            ));
+        }
+        if status.applied_value != Some(s.spec.value) {
+            return Some(format!(
+                "{name}: applied {:?} != {}",
+                status.applied_value, s.spec.value
+            ));
+        }
+        if values.get(&name) != Some(&s.spec.value.to_string()) {
+            return Some(format!(
+                "{name}: child {:?} != {}",
+                values.get(&name),
+                s.spec.value
+            ));
+        }
+    }
+    if children.len() != list.len() {
+        let live: Vec<String> = list.iter().map(ResourceExt::name_any).collect();
+        let orphans: Vec<&String> = values.keys().filter(|n| !live.contains(n)).collect();
+        return Some(format!("orphan children: {orphans:?}"));
+    }
+    None
+}
+
+/// Waits for convergence and a ready, live operator; returns how long it took.
+async fn converge(client: &Client, expected: usize, operator: &Running, what: &str) -> Duration {
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < CONVERGE {
+        match not_converged(client, expected).await {
+            None if operator.ready().await => return started.elapsed(),
+            None => last = "converged, but the operator is not ready".into(),
+            Some(why) => last = why,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not converged after {CONVERGE:?}: {last}");
+}
+
+/// Applies per object: (min, max, mean).
+fn per_object(journal: &Journal, names: &[String]) -> (usize, usize, f64) {
+    let counts: Vec<usize> = names.iter().map(|n| journal.applies(n)).collect();
+    let min = counts.iter().copied().min().unwrap_or(0);
+    let max = counts.iter().copied().max().unwrap_or(0);
+    let mean = counts.iter().sum::<usize>() as f64 / counts.len().max(1) as f64;
+    (min, max, mean)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// With concurrency 4 and four handlers that never return, new objects are reconciled once the
+/// reconcile timeout frees the slots; the hung objects are cancelled, counted, recorded as
+/// `ReconcileTimeout` in status, retried, and converge once their spec is fixed.
+#[tokio::test]
+async fn hung_handlers_cost_a_slot_for_at_most_the_reconcile_timeout() {
+    init_tracing();
+    let env = env().await;
+    let client = env.client();
+    let timeout = Duration::from_secs(3);
+    let operator = Running::start(client.clone(), |o| {
+        o.concurrency(4).reconcile_timeout(timeout)
+    });
+    let api = samples(&client);
+    let hung: Vec<String> = (0..4).map(|i| format!("hung-{i}")).collect();
+    for name in &hung {
+        let mut s = sample(name, 1);
+        s.spec.hang = true;
+        api.create(&PostParams::default(), &s).await.unwrap();
+    }
+    let began = Instant::now();
+    let fresh = create_many(&client, "fresh", 10, 7).await;
+    let fresh_done = loop {
+        let mut done = 0;
+        for name in &fresh {
+            let s = api.get(name).await.unwrap();
+            done += usize::from(s.status.and_then(|s| s.applied_value) == Some(7));
+        }
+        if done == fresh.len() {
+            break began.elapsed();
+        }
+        assert!(began.elapsed() < CONVERGE, "new objects never reconciled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let error = api
+        .get("hung-0")
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.error)
+        .expect("the timeout is recorded in status");
+    assert_eq!(error.reason, "ReconcileTimeout", "{error:?}");
+    // Retried after the timeout (and cancelled again).
+    let retried = Instant::now();
+    while hung.iter().any(|n| operator.journal.applies(n) < 2) {
+        assert!(retried.elapsed() < CONVERGE, "hung objects not retried");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let timeouts = operator.metric("controller_runtime_reconcile_timeouts_total");
+    assert!(timeouts >= 4.0, "timeouts counted: {timeouts}");
+    // Fixed, they converge.
+    for name in &hung {
+        let patch = json!({ "spec": { "hang": false, "value": 2 } });
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    }
+    let fixed = converge(&client, 14, &operator, "hung handlers").await;
+    eprintln!(
+        "hung handlers: 10 new objects reconciled {fresh_done:?} after creation (timeout {timeout:?}); \
+         {timeouts} timeouts; fixed objects converged in {fixed:?}; applies per hung object {:?}",
+        per_object(&operator.journal, &hung)
+    );
+    operator.stop().await;
+}
+
+/// SIGTERM (the shutdown signal) with four hung handlers and work queued: the loop returns
+/// within the shutdown deadline (+1 s), counts the four cancelled reconciles, and a restarted
+/// operator converges everything.
+#[tokio::test]
+async fn shutdown_under_load_with_hung_handlers_is_bounded() {
+    init_tracing();
+    let env = env().await;
+    let client = env.client();
+    let deadline = Duration::from_secs(3);
+    let operator = Running::start(client.clone(), |o| {
+        o.concurrency(4)
+            .reconcile_timeout(Duration::from_secs(120))
+            .shutdown_timeout(deadline)
+    });
+    let api = samples(&client);
+    for i in 0..4 {
+        let mut s = sample(&format!("hung-{i}"), 1);
+        s.spec.hang = true;
+        api.create(&PostParams::default(), &s).await.unwrap();
+    }
+    let started = Instant::now();
+    while (0..4).any(|i| operator.journal.applies(&format!("hung-{i}")) == 0) {
+        assert!(started.elapsed() < CONVERGE, "hung handlers never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let names = create_many(&client, "load", 40, 3).await;
+    let metrics = operator.metrics.clone();
+    let took = operator.stop().await;
+    let cancelled = metric(
+        &metrics.encode(),
+        "kuberator_shutdown_cancelled_reconciles_total",
+    );
+    eprintln!(
+        "shutdown with 4 hung handlers and 40 queued: returned after {took:?} (deadline {deadline:?}), {cancelled} cancelled"
+    );
+    assert!(
+        took < deadline + Duration::from_secs(1),
+        "shutdown took {took:?}"
+    );
+    assert_eq!(cancelled, 4.0);
+    for i in 0..4 {
+        let patch = json!({ "spec": { "hang": false } });
+        api.patch(
+            &format!("hung-{i}"),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    }
+    let restarted = Running::start(client.clone(), |o| o.concurrency(4));
+    let converged = converge(&client, 44, &restarted, "after restart").await;
+    eprintln!(
+        "restart after shutdown: converged in {converged:?}; applies per object {:?}",
+        per_object(&restarted.journal, &names)
+    );
+    restarted.stop().await;
+}
+
+/// Runs the restart scenario: `objects` samples converge, `outage` happens (while a tenth of
+/// them are deleted and the rest get a new value), then everything converges again.
+async fn outage_scenario<F, Fut>(what: &str, outage: F)
+where
+    F: FnOnce(TestEnv) -> Fut,
+    Fut: std::future::Future<Output = (TestEnv, Instant)>,
+{
+    init_tracing();
+    let env = env().await;
+    let client = env.client();
+    let operator = Running::start(client.clone(), |o| o.concurrency(8));
+    let rss_before = rss_kib();
+    let names = create_many(&client, "obj", 100, 1).await;
+    let baseline = converge(&client, 100, &operator, "before the outage").await;
+    let applies_before = operator.journal.total_applies();
+    let (env, answering) = outage(env).await;
+    // First successful reconcile after the server answers again: a fresh object's status.
+    let probe = create_many(&client, "probe", 1, 5).await;
+    let api = samples(&client);
+    let first = loop {
+        let s = api.get(&probe[0]).await.ok();
+        if s.and_then(|s| s.status).and_then(|s| s.applied_value) == Some(5) {
+            break answering.elapsed();
+        }
+        assert!(
+            answering.elapsed() < CONVERGE,
+            "{what}: no reconcile after the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let after = Instant::now();
+    delete_all(&client, &names[..10]).await;
+    set_values(&client, &names[10..], 2).await;
+    converge(&client, 91, &operator, what).await;
+    let total = after.elapsed();
+    eprintln!(
+        "{what}: baseline 100 objects in {baseline:?}; first reconcile {first:?} after the API server answered; \
+         90 updates + 10 deletes converged {total:?} after; applies per object {:?} ({} before the outage); \
+         cleanups of the deleted {}; RSS {} -> {} KiB",
+        per_object(&operator.journal, &names[10..]),
+        applies_before,
+        names[..10]
+            .iter()
+            .map(|n| operator.journal.cleanups(n))
+            .sum::<usize>(),
+        rss_before,
+        rss_kib(),
+    );
+    operator.stop().await;
+    drop(env);
+}
+
+/// The API server is killed for 5 s and started again on the same address and certificates.
+#[tokio::test]
+async fn apiserver_restart() {
+    outage_scenario("apiserver killed 5 s", |mut env| async move {
+        env.stop_apiserver().unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        env.start_apiserver().await.unwrap();
+        let answering = Instant::now();
+        (env, answering)
+    })
+    .await;
+}
+
+/// etcd is killed for 5 s and started again on the same data.
+#[tokio::test]
+async fn etcd_restart() {
+    outage_scenario("etcd killed 5 s", |mut env| async move {
+        env.stop_etcd().unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        env.start_etcd().await.unwrap();
+        let answering = Instant::now();
+        (env, answering)
+    })
+    .await;
+}
+
+/// The API server is paused (SIGSTOP) for 10 s: requests stall instead of failing; each has a
+/// deadline, so nothing hangs for good.
+#[tokio::test]
+async fn apiserver_paused() {
+    outage_scenario("apiserver paused 10 s", |mut env| async move {
+        env.pause_apiserver().unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        env.resume_apiserver().unwrap();
+        env.wait_until_ready().await.unwrap();
+        let answering = Instant::now();
+        (env, answering)
+    })
+    .await;
+}
+
+/// A second writer keeps changing the specs (and labels) while the operator works: the
+/// operator's writes never lose the last value.
+#[tokio::test]
+async fn conflicting_writers() {
+    init_tracing();
+    let env = env().await;
+    let client = env.client();
+    let operator = Running::start(client.clone(), |o| o.concurrency(4));
+    let names = create_many(&client, "contended", 30, 0).await;
+    let api = samples(&client);
+    for round in 1..=5 {
+        futures::future::join_all(names.iter().map(|name| {
+            let api = api.clone();
+            async move {
+                // A replace based on what was read: 409 when the operator wrote in between.
+                for _ in 0..5 {
+                    let Ok(mut current) = api.get(name).await else {
+                        continue;
+                    };
+                    current.spec.value = round;
+                    current
+                        .labels_mut()
+                        .insert("round".into(), round.to_string());
+                    match api.replace(name, &PostParams::default(), &current).await {
+                        Ok(_) => return,
+                        Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                        Err(error) => panic!("{error}"),
+                    }
+                }
+                set_values_one(&api, name, round).await;
+            }
+        }))
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let converged = converge(&client, 30, &operator, "conflicting writers").await;
+    eprintln!(
+        "conflicts: 5 rounds of updates by a second writer; converged {converged:?} after the last; applies per object {:?}",
+        per_object(&operator.journal, &names)
+    );
+    operator.stop().await;
+}
+
+async fn set_values_one(api: &Api<Sample>, name: &str, value: i32) {
+    let patch = json!({ "spec": { "value": value } });
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
+/// An object that does not decode (a string where the type has a number) among good ones: it is
+/// skipped, the others converge, the operator stays ready; deleted, it is gone.
+#[tokio::test]
+async fn a_malformed_object_among_good_ones() {
+    init_tracing();
+    let env = env().await;
+    let mut crd = <Sample as kube::CustomResourceExt>::crd();
+    let schema = crd.spec.versions[0].schema.as_mut().unwrap();
+    let spec = schema
+        .open_api_v3_schema
+        .as_mut()
+        .unwrap()
+        .properties
+        .as_mut()
+        .unwrap()
+        .get_mut("spec")
+        .unwrap();
+    spec.properties.as_mut().unwrap().insert(
+        "value".into(),
+        serde_json::from_value(json!({ "x-kubernetes-int-or-string": true })).unwrap(),
+    );
+    env.install_crd_value(crd).await.unwrap();
+    let client = env.client();
+    let dynamic: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &kube::api::ApiResource::erase::<Sample>(&()),
+    );
+    let malformed: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "faults.kuberator.dev/v1", "kind": "Sample",
+        "metadata": { "name": "malformed" },
+        "spec": { "value": "not-a-number" }
+    }))
+    .unwrap();
+    dynamic
+        .create(&PostParams::default(), &malformed)
+        .await
+        .unwrap();
+    let operator = Running::start(client.clone(), |o| o.concurrency(4));
+    let names = create_many(&client, "good", 20, 4).await;
+    // 21 objects exist; the malformed one cannot be listed as a Sample, so delete it first.
+    dynamic
+        .delete("malformed", &DeleteParams::default())
+        .await
+        .unwrap();
+    let converged = converge(&client, 20, &operator, "malformed object").await;
+    assert_eq!(operator.journal.applies("malformed"), 0);
+    eprintln!(
+        "malformed: 20 good objects converged in {converged:?}; the malformed one applied 0 times; applies per object {:?}",
+        per_object(&operator.journal, &names)
+    );
+    operator.stop().await;
+}
+
+/// kube-apiserver with `--max-requests-inflight=5 --max-mutating-requests-inflight=2` (API
+/// Priority and Fairness on, answering with 429), the operator as a ServiceAccount, 100 objects
+/// created by a parallel client: every object converges at the rate the server allows, and the
+/// throttling is counted.
+#[tokio::test]
+async fn throttled_by_the_api_server() {
+    init_tracing();
+    let env = TestEnv::builder()
+        .crd::<Sample>()
+        .throttle(5, 2)
+        .start()
+        .await
+        .unwrap();
+    let options = Samples::rbac_options().service_account("default", "samples-operator");
+    let access = env
+        .service_account(&rbac_rules_for::<Sample>(&options))
+        .await
+        .unwrap();
+    let operator_client = client_without_retry(access.config.clone()).unwrap();
+    let admin = env.client();
+    let operator = Running::start(operator_client, |o| o.concurrency(16));
+    let started = Instant::now();
+    let names = create_many(&admin, "busy", 100, 1).await;
+    let converged = converge(&admin, 100, &operator, "throttled").await;
+    let total = started.elapsed();
+    let throttled = operator.metric("kuberator_client_throttled_total");
+    let rejected = metric(
+        &env.metrics_text().await.unwrap(),
+        "apiserver_flowcontrol_rejected_requests_total",
+    );
+    eprintln!(
+        "throttled (inflight 5/2, APF on): 100 objects converged {total:?} after the first create ({converged:?} after the last); \
+         operator saw {throttled} 429s, API server rejected {rejected} requests; applies per object {:?}",
+        per_object(&operator.journal, &names)
+    );
+    operator.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A paused leader.
+
+/// A replica process of the fault operator (`tests/bin/fault_replica.rs`).
+struct Replica {
+    child: Child,
+    _stdin: ChildStdin,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Replica {
+    fn spawn(identity: &str, kubeconfig: &std::path::Path) -> Replica {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fault-replica"))
+            .env("KUBERATOR_REPLICA_KUBECONFIG", kubeconfig)
+            .env("KUBERATOR_REPLICA_IDENTITY", identity)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Replica {
+            child,
+            _stdin: stdin,
+            lines,
+        }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    fn leads(&self) -> bool {
+        self.lines()
+            .iter()
+            .rev()
+            .find(|l| l.starts_with("leader "))
+            .is_some_and(|l| l.starts_with("leader true"))
+    }
+
+    /// Lines starting with `prefix` whose timestamp (last field) is after `after` (unix ns).
+    fn since(&self, prefix: &str, after: u128) -> Vec<String> {
+        self.lines()
+            .into_iter()
+            .filter(|l| l.starts_with(prefix))
+            .filter(|l| l.rsplit(' ').next().and_then(|t| t.parse::<u128>().ok()) > Some(after))
+            .collect()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// RFC 3339 (UTC, as the audit log writes it) to unix nanoseconds.
+fn unix_nanos_of(timestamp: &str) -> u128 {
+    let parsed: k8s_openapi::jiff::Timestamp = timestamp.parse().unwrap();
+    u128::try_from(parsed.as_nanosecond()).unwrap()
+}
+
+/// The leader (its own ServiceAccount) is SIGSTOPped with reconciles in flight; the standby takes
+/// over and writes the newer values; on SIGCONT the old leader, past its renew deadline, makes
+/// no write and no further handler step — asserted from the API server's audit log.
+#[tokio::test]
+async fn a_paused_leader_writes_nothing_after_its_renew_deadline() {
+    init_tracing();
+    let env = TestEnv::builder()
+        .crd::<Sample>()
+        .audit_log(true)
+        .start()
+        .await
+        .unwrap();
+    let admin = env.client();
+    let mut users = Vec::new();
+    for name in ["replica-a", "replica-b"] {
+        let options = Samples::rbac_options()
+            .leader_election("default")
+            .service_account("default", name);
+        let mut rbac = rbac_rules_for::<Sample>(&options);
+        // Roles and bindings of their own: the bindings would otherwise replace each other.
+        for grant in &mut rbac.grants {
+            grant.name = format!("{}-{name}", grant.name);
+        }
+        users.push(env.service_account(&rbac).await.unwrap());
+    }
+    let a = Replica::spawn("replica-a", &users[0].kubeconfig_path);
+    let started = Instant::now();
+    while !a.leads() {
+        assert!(started.elapsed() < CONVERGE, "replica-a never led");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let b = Replica::spawn("replica-b", &users[1].kubeconfig_path);
+    let names = create_many(&admin, "led", 4, 1).await;
+    wait_values(&admin, &names, 1).await;
+    // Catch a's reconciles of value 2 in flight (each works 2 s before writing), then pause it.
+    set_values(&admin, &names, 2).await;
+    while a
+        .since("apply start", 0)
+        .iter()
+        .filter(|l| l.contains(" 2 "))
+        .count()
+        < names.len()
+    {
+        assert!(
+            started.elapsed() < CONVERGE,
+            "replica-a did not start the reconciles"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.signal("-STOP");
+    let paused_at = unix_nanos();
+    // The newest spec, which only b can apply.
+    set_values(&admin, &names, 3).await;
+    wait_values(&admin, &names, 3).await;
+    let took_over = Duration::from_nanos(u64::try_from(unix_nanos() - paused_at).unwrap());
+    assert!(b.leads(), "replica-b leads");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    a.signal("-CONT");
+    let resumed_at = unix_nanos();
+    // Give the old leader every chance to write its stale value 2.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    wait_values(&admin, &names, 3).await;
+    let renew_deadline = 3_000_000_000u128;
+    let writes: Vec<String> = env
+        .audit_events()
+        .unwrap()
+        .iter()
+        .filter(|e| e["user"]["username"] == users[0].user_name.as_str())
+        .filter(|e| {
+            matches!(
+                e["verb"].as_str(),
+                Some("create" | "update" | "patch" | "delete")
+            )
+        })
+        .filter(|e| e["objectRef"]["resource"] != "leases")
+        .filter(|e| {
+            e["requestReceivedTimestamp"]
+                .as_str()
+                .is_some_and(|t| unix_nanos_of(t) > paused_at + renew_deadline)
+        })
+        .map(|e| {
+            format!(
+                "{} {} {}",
+                e["verb"], e["requestURI"], e["requestReceivedTimestamp"]
+            )
+        })
+        .collect();
+    let resumed_steps = a.since("apply end", resumed_at);
+    eprintln!(
+        "paused leader: standby converged the new values {took_over:?} after the pause; \
+         old leader after SIGCONT: {} writes (audit log), {} handler steps",
+        writes.len(),
+        resumed_steps.len()
+    );
+    assert!(
+        writes.is_empty(),
+        "writes from the paused leader after its deadline: {writes:#?}"
+    );
+    assert!(
+        resumed_steps.is_empty(),
+        "handler steps after the deadline: {resumed_steps:?}"
+    );
+}
+
+/// Waits until every sample in `names` has `value` applied (status and child).
+async fn wait_values(client: &Client, names: &[String], value: i32) {
+    let api = samples(client);
+    let children: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let started = Instant::now();
+    'poll: loop {
+        assert!(started.elapsed() < CONVERGE, "values {value} never applied");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for name in names {
+            let Ok(s) = api.get(name).await else {
+                continue 'poll;
+            };
+            let status = s.status.unwrap_or_default();
+            if status.applied_value != Some(value)
+                || status.observed_generation != s.metadata.generation
+            {
+                continue 'poll;
+            }
+            let Ok(child) = children.get(name).await else {
+                continue 'poll;
+            };
+            if child.data.and_then(|d| d.get("value").cloned()) != Some(value.to_string()) {
+                continue 'poll;
+            }
+        }
+        return;
+    }
+}
