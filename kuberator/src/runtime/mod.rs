@@ -7,8 +7,8 @@ mod manager;
 pub mod metrics;
 mod operator;
 mod served;
-mod shared;
 mod request;
+mod shared;
 mod shutdown;
 mod timeout;
 mod watch;
@@ -18,13 +18,12 @@ pub use health::{HealthServer, Readiness};
 pub use leader::{LeaderElection, Leadership};
 pub use manager::{IntoController, Manager};
 pub use metrics::{ControllerMetrics, Metrics};
-pub use operator::{Operator, Reconciler, default_error_policy};
-pub use shared::{Cache, Cached, Caches};
 pub use operator::{DEFAULT_SHUTDOWN_TIMEOUT, Operator, Reconciler, default_error_policy};
 pub use request::{
     DEFAULT_REQUEST_TIMEOUT, MAX_RETRY_AFTER, RequestError, RequestGuard, THROTTLE_LOG_INTERVAL,
     client_without_retry, request_error,
 };
+pub use shared::{Cache, Cached, Caches};
 pub use shutdown::shutdown_signal;
 pub use timeout::DEFAULT_RECONCILE_TIMEOUT;
 pub use watch::WatchBackoff;

@@ -739,11 +739,11 @@ async fn reconcile_counted<R: Object>(object: Arc<R>, shared: Arc<LoopState<R>>)
         .instrument(span.clone())
         .map(|outcome| {
             outcome.unwrap_or_else(|panic| {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-string panic payload".to_owned());
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic payload".to_owned());
                 Err(Error::Panic {
                     object: ObjectKey::of(object.as_ref()),
                     message,

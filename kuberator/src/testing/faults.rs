@@ -205,13 +205,13 @@ impl TestEnv {
         let text = std::fs::read_to_string(&self.kubeconfig_path)
             .with_context(|| format!("reading {}", self.kubeconfig_path.display()))?;
         let mut kubeconfig: serde_json::Value =
-            serde_yaml::from_str(&text).context("parsing the kubeconfig")?;
+            serde_saphyr::from_str(&text).context("parsing the kubeconfig")?;
         kubeconfig["users"][0]["user"] = serde_json::json!({ "token": token });
         let kubeconfig_path = self
             .dir
             .path()
             .join(format!("kubeconfig-{}-{}", account.namespace, account.name));
-        let text = serde_yaml::to_string(&kubeconfig).context("writing the kubeconfig")?;
+        let text = serde_saphyr::to_string(&kubeconfig).context("writing the kubeconfig")?;
         std::fs::write(&kubeconfig_path, &text)
             .with_context(|| format!("writing {}", kubeconfig_path.display()))?;
         let config = kube::Config::from_custom_kubeconfig(
