@@ -16,4 +16,5 @@ mod observability;
 mod operations;
 mod production;
 mod runtime;
+mod status_errors;
 mod support;

@@ -133,13 +133,16 @@ pub trait Finalize<R: Object, P: ProvideApi<R>>: Send + Sync + 'static {
     /// reconcile.
     ///
     /// Only the status fields this changes are patched, so a status the handler wrote during the
-    /// failed reconcile (a phase, conditions) is kept.
+    /// failed reconcile (a phase, conditions) is kept. An object without a status gets a complete
+    /// one (`Default` plus the error), so a status field the schema requires (one without
+    /// `Option` or `#[serde(default)]`) does not make the write a 422. With
+    /// [`RecordError::conditions`], `Stalled` or `Reconciling` is set in the same write.
     ///
     /// # Errors
     /// An API error.
     ///
     /// # Access control
-    /// `patch` on the resource's `status` subresource.
+    /// `patch` on the resource's `status` subresource; `get` on it when the object has no status.
     async fn record_error(&self, object: &R, error: Option<&Error>) -> Result<()>
     where
         R: HasStatus,
@@ -150,19 +153,41 @@ pub trait Finalize<R: Object, P: ProvideApi<R>>: Send + Sync + 'static {
             object: ObjectKey::of(object),
             source,
         };
-        let before = object.status().cloned().unwrap_or_default();
+        let api = self.api_provider().get(object.namespace().as_deref())?;
+        // The watched copy may predate a status the handler wrote in this very reconcile: when it
+        // has none, read the server's before deciding there is none.
+        let fresh;
+        let existing = match object.status() {
+            Some(status) => Some(status),
+            None => {
+                fresh = api
+                    .get_status(&object.name_any())
+                    .await
+                    .map_err(|e| Error::kube("reading the status of", ObjectKey::of(object), e))?;
+                fresh.status()
+            }
+        };
+        let before = existing.cloned().unwrap_or_default();
         let mut after = before.clone();
         after.record_error(error);
-        if let Some(generation) = object.meta().generation {
+        let generation = object.meta().generation;
+        if let Some(generation) = generation {
             after.set_observed_generation(generation);
+        }
+        if let (Some(error), Some(conditions)) = (error, after.conditions()) {
+            crate::status::mark_error(conditions, generation, error);
         }
         let before = serde_json::to_value(&before).map_err(serde_error)?;
         let after = serde_json::to_value(&after).map_err(serde_error)?;
-        let changes = changed_fields(&before, &after);
+        // No status yet: write a complete one (built from `Default`), so that fields the schema
+        // requires are there; otherwise only the fields that changed, keeping other writers'.
+        let changes = match (existing, after) {
+            (None, serde_json::Value::Object(all)) => all,
+            (_, after) => changed_fields(&before, &after),
+        };
         if changes.is_empty() {
             return Ok(());
         }
-        let api = self.api_provider().get(object.namespace().as_deref())?;
         patch_status(&api, object, &changes, self.field_manager()).await
     }
 }

@@ -88,9 +88,39 @@ impl FromStatusError for StatusError {
 ///
 /// `#[derive(ObserveGeneration)]` always implements it: with a `#[status_error]` field of a type
 /// implementing [`FromStatusError`] it fills that field, without one it does nothing.
+///
+/// When [`conditions`](RecordError::conditions) returns the status's kstatus conditions, the
+/// runtime also sets them in the same status write as the error slot: a terminal error
+/// ([`RetryPolicy::Terminal`](crate::RetryPolicy::Terminal)) marks `Stalled=True` /
+/// `Ready=False`, a retried one `Reconciling=True` / `Ready=Unknown`, each with the error's
+/// reason and message (see [`conditions::mark_stalled`](crate::conditions::mark_stalled) and
+/// [`conditions::mark_reconciling`](crate::conditions::mark_reconciling)).
 pub trait RecordError {
     /// Records `error` (or clears the recorded one with `None`). Returns whether anything changed.
     fn record_error(&mut self, error: Option<&Error>) -> bool;
+
+    /// The status's kstatus conditions, if it has them (`None` by default).
+    fn conditions(&mut self) -> Option<&mut Vec<crate::conditions::Condition>> {
+        None
+    }
+}
+
+/// Sets the kstatus conditions for `error`: `Stalled` for a terminal error, `Reconciling` for a
+/// retried one. Returns whether anything changed.
+pub(crate) fn mark_error(
+    conditions: &mut Vec<crate::conditions::Condition>,
+    generation: Option<i64>,
+    error: &Error,
+) -> bool {
+    let (reason, message) = error_parts(error);
+    match error.retry_policy() {
+        crate::RetryPolicy::Terminal => {
+            crate::conditions::mark_stalled(conditions, generation, &reason, &message)
+        }
+        crate::RetryPolicy::Backoff | crate::RetryPolicy::After(_) => {
+            crate::conditions::mark_reconciling(conditions, generation, &reason, &message)
+        }
+    }
 }
 
 /// The reason and message the runtime records for an error.
