@@ -11,6 +11,7 @@ mod events;
 mod examples;
 mod faults;
 mod fresh_crate;
+mod manager;
 mod missing_crd;
 mod observability;
 mod operations;

@@ -599,14 +599,14 @@ async fn metrics_and_readiness_after_a_known_workload() {
 // Generated RBAC, checked and used as a ServiceAccount.
 
 /// A client that impersonates `user` (the admin may impersonate anyone).
-fn client_as(env: &TestEnv, user: &str) -> Client {
+pub fn client_as(env: &TestEnv, user: &str) -> Client {
     let mut config = env.config().clone();
     config.auth_info.impersonate = Some(user.to_owned());
     Client::try_from(config).unwrap()
 }
 
 /// Creates the ServiceAccount, roles and bindings of `rbac` as the admin.
-async fn create_rbac(client: &Client, rbac: &Rbac) {
+pub async fn create_rbac(client: &Client, rbac: &Rbac) {
     let post = PostParams::default();
     let namespace = |meta: &ObjectMeta| meta.namespace.clone().unwrap();
     if let Some(account) = rbac.service_account() {
@@ -641,7 +641,7 @@ async fn create_rbac(client: &Client, rbac: &Rbac) {
     }
 }
 
-fn missing(error: &kuberator::Error) -> Vec<String> {
+pub fn missing(error: &kuberator::Error) -> Vec<String> {
     error
         .downcast_ref::<MissingPermissions>()
         .unwrap_or_else(|| panic!("not a MissingPermissions error: {error}"))

@@ -632,6 +632,26 @@ pub fn to_yaml<R: CustomResourceExt>(rbac: &Rbac) -> Result<String> {
     yaml_stream(objects)
 }
 
+/// The CustomResourceDefinitions of several controllers followed by `rbac` (e.g. a
+/// [`Rbac::union`]), as one YAML stream: what a [`Manager`](crate::runtime::Manager) of them
+/// needs installed.
+///
+/// # Errors
+/// [`Error::Anyhow`] if an object cannot be serialized (it always can).
+pub fn bundle_yaml(
+    crds: impl IntoIterator<
+        Item = k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    >,
+    rbac: &Rbac,
+) -> Result<String> {
+    let mut objects = Vec::new();
+    for crd in crds {
+        objects.push(serde_json::to_value(crd).context("serializing a CRD")?);
+    }
+    objects.extend(rbac.objects()?);
+    yaml_stream(objects)
+}
+
 /// Asks the API server, with one SelfSubjectAccessReview per permission, whether this client
 /// has every permission in `rbac`; run it at start-up to fail fast.
 ///

@@ -35,6 +35,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 #[derive(Clone, Debug)]
 pub struct Readiness {
     state: watch::Sender<bool>,
+    waiting_for: Arc<std::sync::Mutex<String>>,
 }
 
 impl Default for Readiness {
@@ -48,12 +49,30 @@ impl Readiness {
     pub fn new() -> Self {
         Readiness {
             state: watch::Sender::new(false),
+            waiting_for: Arc::default(),
         }
     }
 
     /// Marks the operator ready (or not).
     pub fn set_ready(&self, ready: bool) {
         self.state.send_replace(ready);
+    }
+
+    /// Says what readiness waits for (e.g. the controllers whose watches have not listed);
+    /// `/readyz` answers `not ready: <what>` while not ready.
+    pub fn set_waiting_for(&self, what: impl Into<String>) {
+        *self
+            .waiting_for
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = what.into();
+    }
+
+    /// What readiness waits for, as set with [`set_waiting_for`](Self::set_waiting_for).
+    pub fn waiting_for(&self) -> String {
+        self.waiting_for
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Whether the operator is ready.
@@ -232,10 +251,19 @@ fn respond(probes: &Probes, request: &Request<Incoming>) -> Response<Full<Bytes>
             if probes.readiness.is_ready() {
                 text(StatusCode::OK, "ok\n")
             } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not ready: initial sync in progress\n",
-                )
+                let waiting_for = probes.readiness.waiting_for();
+                let body = if waiting_for.is_empty() {
+                    "not ready: initial sync in progress\n".to_owned()
+                } else {
+                    format!("not ready: {waiting_for}\n")
+                };
+                let mut response = Response::new(Full::new(Bytes::from(body)));
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                response
             }
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),

@@ -431,6 +431,21 @@ impl ReadinessGate {
         }
     }
 
+    /// Tells `/readyz` which controllers it waits for; ready when none.
+    fn publish(&self, pending: &BTreeMap<String, usize>) {
+        if pending.is_empty() {
+            tracing::info!("every controller synced: ready");
+            self.readiness.set_waiting_for("");
+            self.readiness.set_ready(true);
+        } else {
+            let names: Vec<&str> = pending.keys().map(String::as_str).collect();
+            self.readiness.set_waiting_for(format!(
+                "waiting for the initial list of controller(s) {}",
+                names.join(", ")
+            ));
+        }
+    }
+
     /// Registers one more watch of `controller` that must list before the manager is ready; the
     /// returned callback marks it listed (calls after the first do nothing).
     pub(crate) fn expect(&self, controller: &str) -> impl Fn() + Send + Sync + 'static {
@@ -453,13 +468,10 @@ impl ReadinessGate {
                 *count -= 1;
                 if *count == 0 {
                     pending.remove(&controller);
-                    tracing::debug!(controller = %controller, "initial lists synced");
+                    tracing::info!(controller = %controller, "initial lists synced");
                 }
             }
-            if pending.is_empty() {
-                tracing::debug!("every controller synced: ready");
-                gate.readiness.set_ready(true);
-            }
+            gate.publish(&pending);
         }
     }
 }
