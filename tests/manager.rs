@@ -372,3 +372,28 @@ async fn the_site_backup_story_runs() {
         assert!(yaml.contains(kind), "{kind} missing from:\n{yaml}");
     }
 }
+
+/// With the backup controller's CRD not installed, the manager's start fails with an error
+/// naming that controller and the CRD (and not the sites controller, whose CRD is there).
+#[tokio::test]
+async fn a_missing_crd_fails_the_start_naming_the_controller_and_the_crd() {
+    init_tracing();
+    let env = TestEnv::start().await.expect("control plane");
+    env.install_crd::<StaticSite>().await.unwrap();
+    let error = site_backup::manager(env.client())
+        .unwrap()
+        .run()
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        matches!(error, kuberator::Error::NotServed { .. }),
+        "{error:?}"
+    );
+    assert!(
+        message.contains(&format!("controller `{BACKUPS}` cannot start"))
+            && message.contains("CRD sitebackups.demo.kuberator.dev is not installed")
+            && !message.contains(SITES),
+        "{message}"
+    );
+}

@@ -89,8 +89,9 @@ pub(crate) struct ProcessSettings {
     pub(crate) leader_election: Option<LeaderElection>,
     pub(crate) leadership: Option<Arc<Leadership>>,
     pub(crate) permissions: Option<Rbac>,
-    /// The kinds to check by discovery before starting.
+    /// The kinds to check by discovery before starting, with the controllers that watch them.
     pub(crate) served: Vec<WatchedKind>,
+    pub(crate) watched_by: Vec<(WatchedKind, String)>,
 }
 
 impl ProcessSettings {
@@ -134,6 +135,7 @@ impl ProcessSettings {
             );
         }
         for kind in other.served {
+            self.watched_by.push((kind.clone(), controller.to_owned()));
             if !self.served.contains(&kind) {
                 self.served.push(kind);
             }
@@ -316,7 +318,9 @@ impl Manager {
             controllers,
             settings,
         } = self;
-        check_served(&client, &settings.served).await?;
+        if let Err(error) = check_served(&client, &settings.served).await {
+            return Err(name_controllers(error, &settings.watched_by));
+        }
         if let Some(rbac) = &settings.permissions {
             check_permissions(&client, rbac).await?;
         }
@@ -412,6 +416,26 @@ impl Manager {
             leadership.release().await;
         }
         Ok(())
+    }
+}
+
+/// Prefixes a not-served error with the controllers that watch the kind.
+fn name_controllers(error: crate::Error, watched_by: &[(WatchedKind, String)]) -> crate::Error {
+    match error {
+        crate::Error::NotServed { resource, message } => {
+            let mut controllers: Vec<&str> = watched_by
+                .iter()
+                .filter(|(kind, _)| kind.resource_name() == resource)
+                .map(|(_, controller)| controller.as_str())
+                .collect();
+            controllers.dedup();
+            let message = format!(
+                "controller `{}` cannot start: {message}",
+                controllers.join("`, `")
+            );
+            crate::Error::NotServed { resource, message }
+        }
+        other => other,
     }
 }
 

@@ -503,6 +503,7 @@ impl<R: Object> ManagedController for Operator<R> {
             } else {
                 Vec::new()
             },
+            ..ProcessSettings::default()
         }
     }
 

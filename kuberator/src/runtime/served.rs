@@ -27,7 +27,7 @@ impl WatchedKind {
     }
 
     /// `websites.example.com`, or `configmaps` for the core group.
-    fn resource_name(&self) -> String {
+    pub(crate) fn resource_name(&self) -> String {
         if self.group.is_empty() {
             self.plural.clone()
         } else {
