@@ -4,7 +4,12 @@ SHELL := /usr/bin/env bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test control-plane lint doc unit bench
+.PHONY: demo test test-matrix check-k8s-versions control-plane lint doc unit bench
+
+# The k8s-openapi version features of the supported Kubernetes minors (README: "Kubernetes versions").
+K8S_FEATURES := v1_33 v1_34 v1_35 v1_36 v1_37
+# The minors `make test-matrix` runs the integration suite against: the oldest and the newest.
+MATRIX_VERSIONS ?= 1.33.x 1.37.x
 
 ## Builds (or reuses) etcd, kube-apiserver, kube-controller-manager and kubectl.
 control-plane:
@@ -24,8 +29,28 @@ test: control-plane
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 	@echo "== cargo doc (-D warnings)"
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --all-features --quiet
+	@$(MAKE) --no-print-directory check-k8s-versions
 	@echo "== cargo test (unit, doc, integration, trybuild)"
 	$(CARGO) test --workspace --all-features --no-fail-fast
+
+## The library compiles against every supported Kubernetes version (it never picks one itself).
+check-k8s-versions:
+	@for feature in $(K8S_FEATURES); do \
+	  echo "== cargo check -p kuberator --all-features --features k8s-openapi/$$feature"; \
+	  $(CARGO) check --quiet -p kuberator --all-features --features "k8s-openapi/$$feature"; \
+	done
+
+## The integration suite against the oldest and the newest supported Kubernetes minor (each
+## built side by side on first use; not part of `make test`).
+test-matrix:
+	@for version in $(MATRIX_VERSIONS); do \
+	  KUBERATOR_K8S_VERSION=$$version scripts/control-plane.sh ensure >/dev/null; \
+	  assets=$$(KUBERATOR_K8S_VERSION=$$version scripts/control-plane.sh path); \
+	  echo "== integration tests against $$($$assets/kube-apiserver --version) from $$assets"; \
+	  start=$$(date +%s); \
+	  KUBERATOR_K8S_VERSION=$$version $(CARGO) test -p kuberator-tests --test integration --no-fail-fast; \
+	  echo "== $$($$assets/kube-apiserver --version): integration suite green in $$(( $$(date +%s) - start )) s"; \
+	done
 
 ## Benchmarks against raw kube-rs (see BENCHMARKS.md).
 bench: control-plane

@@ -5,13 +5,30 @@
 #
 #   scripts/control-plane.sh ensure   # build what is missing, print the assets folder last
 #   scripts/control-plane.sh path     # print the assets folder (no build)
+#   scripts/control-plane.sh versions # print the pinned versions, oldest first
+#   KUBERATOR_K8S_VERSION=1.33.x scripts/control-plane.sh ensure   # another minor, side by side
 #
 # Binaries land in a KUBEBUILDER_ASSETS-compatible folder outside the repository:
 #   ${KUBERATOR_CACHE:-~/.cache/kuberator}/control-plane/v${K8S_VERSION}/{etcd,kube-apiserver,...}
 # If KUBEBUILDER_ASSETS is set, its binaries are used and nothing is built.
 set -euo pipefail
 
-K8S_VERSION="${K8S_VERSION:-1.36.3}"
+# The supported Kubernetes minors, each pinned to one patch release (keep in step with
+# SUPPORTED_KUBERNETES_VERSIONS in kuberator/src/testing/assets.rs and the README).
+PINNED="1.33.13 1.34.4 1.35.4 1.36.3 1.37.2"
+# KUBERATOR_K8S_VERSION (or K8S_VERSION) picks one: a pinned patch, or a minor as `1.33` or
+# `1.33.x` (its pinned patch); any other full version is built as given. Default: 1.36.
+resolve_version() {
+  local want="${1%.x}" v
+  for v in $PINNED; do
+    if [ "$want" = "$v" ] || [ "$want" = "${v%.*}" ]; then echo "$v"; return; fi
+  done
+  case "$want" in
+    *.*.*) echo "$want" ;;
+    *) echo "unknown Kubernetes version '$1' (pinned: $PINNED)" >&2; exit 2 ;;
+  esac
+}
+K8S_VERSION="$(resolve_version "${KUBERATOR_K8S_VERSION:-${K8S_VERSION:-1.36}}")"
 ETCD_VERSION="${ETCD_VERSION:-3.6.16}"
 CACHE="${KUBERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kuberator}"
 ASSETS="$CACHE/control-plane/v$K8S_VERSION"
@@ -131,5 +148,6 @@ ensure() {
 case "${1:-ensure}" in
   ensure) ensure ;;
   path) echo "${KUBEBUILDER_ASSETS:-$ASSETS}" ;;
-  *) echo "usage: $0 [ensure|path]" >&2; exit 2 ;;
+  versions) echo "$PINNED" ;;
+  *) echo "usage: $0 [ensure|path|versions]" >&2; exit 2 ;;
 esac

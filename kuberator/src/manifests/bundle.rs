@@ -401,7 +401,8 @@ impl Bundle {
         };
         Ok(Deployment {
             metadata: self.meta(Some(&namespace)),
-            spec: Some(DeploymentSpec {
+            // `Option<DeploymentSpec>` up to Kubernetes 1.36, required from 1.37: `into` fits both.
+            spec: DeploymentSpec {
                 replicas: Some(self.replicas),
                 selector: LabelSelector {
                     match_labels: Some(self.selector()),
@@ -431,7 +432,8 @@ impl Bundle {
                     }),
                 },
                 ..DeploymentSpec::default()
-            }),
+            }
+            .into(),
             ..Deployment::default()
         })
     }

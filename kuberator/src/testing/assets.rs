@@ -5,17 +5,48 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// The Kubernetes version `scripts/control-plane.sh` builds and [`assets_dir`] looks for.
+/// The Kubernetes version `scripts/control-plane.sh` builds and [`assets_dir`] looks for by
+/// default.
 pub const KUBERNETES_VERSION: &str = "1.36.3";
+
+/// The supported Kubernetes minors, oldest first, each pinned to the patch release
+/// `scripts/control-plane.sh` builds for it (`KUBERATOR_K8S_VERSION=1.33.x`).
+pub const SUPPORTED_KUBERNETES_VERSIONS: [&str; 5] =
+    ["1.33.13", "1.34.4", "1.35.4", "1.36.3", "1.37.2"];
+
+/// The Kubernetes version of the assets folder: `KUBERATOR_K8S_VERSION` resolved as the
+/// control-plane script resolves it (`1.33`, `1.33.x` or a pinned `1.33.13` mean the pinned
+/// patch of that minor; another full version is taken as given), else [`KUBERNETES_VERSION`].
+pub fn kubernetes_version() -> String {
+    match env::var("KUBERATOR_K8S_VERSION") {
+        Ok(wanted) if !wanted.is_empty() => resolve_version(&wanted),
+        _ => KUBERNETES_VERSION.to_owned(),
+    }
+}
+
+fn resolve_version(wanted: &str) -> String {
+    let wanted = wanted.strip_suffix(".x").unwrap_or(wanted);
+    SUPPORTED_KUBERNETES_VERSIONS
+        .iter()
+        .find(|pinned| {
+            **pinned == wanted
+                || pinned
+                    .rsplit_once('.')
+                    .is_some_and(|(minor, _)| minor == wanted)
+        })
+        .map_or_else(|| wanted.to_owned(), |pinned| (*pinned).to_owned())
+}
 
 /// The folder holding `etcd`, `kube-apiserver`, `kubectl` and `kube-controller-manager`.
 ///
 /// Looked up in this order (the first one set and non-empty wins):
 /// 1. `KUBEBUILDER_ASSETS`, so controller-runtime's `setup-envtest` binaries work as they are;
 /// 2. `KUBERATOR_ASSETS`;
-/// 3. `$KUBERATOR_CACHE/control-plane/v1.36.3`;
-/// 4. `${XDG_CACHE_HOME:-$HOME/.cache}/kuberator/control-plane/v1.36.3`, where
-///    `scripts/control-plane.sh ensure` puts them.
+/// 3. `$KUBERATOR_CACHE/control-plane/v<version>`;
+/// 4. `${XDG_CACHE_HOME:-$HOME/.cache}/kuberator/control-plane/v<version>`, where
+///    `scripts/control-plane.sh ensure` puts them,
+///
+/// with the version of [`kubernetes_version`] (`KUBERATOR_K8S_VERSION`, default 1.36.3).
 ///
 /// The folder is not checked here; [`TestEnv::start`](super::TestEnv::start) does that.
 pub fn assets_dir() -> PathBuf {
@@ -29,7 +60,7 @@ pub(crate) fn located() -> (PathBuf, &'static str) {
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     };
-    let version_dir = format!("v{KUBERNETES_VERSION}");
+    let version_dir = format!("v{}", kubernetes_version());
     if let Some(dir) = var("KUBEBUILDER_ASSETS") {
         return (dir, "KUBEBUILDER_ASSETS");
     }
@@ -105,4 +136,31 @@ fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     path.metadata()
         .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_resolve_as_the_control_plane_script_resolves_them() {
+        for (wanted, resolved) in [
+            ("1.33", "1.33.13"),
+            ("1.33.x", "1.33.13"),
+            ("1.33.13", "1.33.13"),
+            ("1.37.x", "1.37.2"),
+            ("1.36", KUBERNETES_VERSION),
+            ("1.35.1", "1.35.1"),
+        ] {
+            assert_eq!(resolve_version(wanted), resolved, "{wanted}");
+        }
+        // The script pins the same patches.
+        let script = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scripts/control-plane.sh"
+        ))
+        .unwrap();
+        let pinned = format!("PINNED=\"{}\"", SUPPORTED_KUBERNETES_VERSIONS.join(" "));
+        assert!(script.contains(&pinned), "the script lacks {pinned}");
+    }
 }

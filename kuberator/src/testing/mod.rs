@@ -22,6 +22,8 @@ mod faults;
 mod kubectl;
 mod process;
 
-pub use assets::{KUBERNETES_VERSION, assets_dir};
+pub use assets::{
+    KUBERNETES_VERSION, SUPPORTED_KUBERNETES_VERSIONS, assets_dir, kubernetes_version,
+};
 pub use env::{TestEnv, TestEnvBuilder};
 pub use faults::ServiceAccountAccess;
