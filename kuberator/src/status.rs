@@ -60,8 +60,35 @@ pub trait FromStatusError {
 
 impl FromStatusError for String {
     fn from_status_error(_reason: &str, message: String) -> Self {
-        message
+        bounded(message, STATUS_MESSAGE_MAX_BYTES)
     }
+}
+
+/// The longest error message written to status (1024 bytes, as an event's note): a 2 MiB error
+/// would not fit in the object (etcd's request limit is 1.5 MiB).
+pub const STATUS_MESSAGE_MAX_BYTES: usize = 1024;
+
+/// `message` cut to at most `max` bytes at a character boundary, ending in
+/// `… (<n> bytes in all)` when it was cut.
+///
+/// ```
+/// let cut = kuberator::status::bounded("é".repeat(2000), 100);
+/// assert!(cut.len() <= 100 && cut.ends_with("(4000 bytes in all)"), "{cut}");
+/// assert_eq!(kuberator::status::bounded("short".into(), 100), "short");
+/// ```
+pub fn bounded(message: String, max: usize) -> String {
+    if message.len() <= max {
+        return message;
+    }
+    let suffix = format!("… ({} bytes in all)", message.len());
+    let mut end = max.saturating_sub(suffix.len());
+    while end > 0 && !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut cut = message;
+    cut.truncate(end);
+    cut.push_str(&suffix);
+    cut
 }
 
 /// A ready-made status error: a machine-readable reason and a human message.
@@ -79,7 +106,7 @@ impl FromStatusError for StatusError {
     fn from_status_error(reason: &str, message: String) -> Self {
         Self {
             reason: reason.to_owned(),
-            message,
+            message: bounded(message, STATUS_MESSAGE_MAX_BYTES),
         }
     }
 }
@@ -125,5 +152,8 @@ pub(crate) fn mark_error(
 
 /// The reason and message the runtime records for an error.
 pub fn error_parts(error: &Error) -> (Cow<'static, str>, String) {
-    (error.reason(), error.to_string())
+    (
+        error.reason(),
+        bounded(error.to_string(), STATUS_MESSAGE_MAX_BYTES),
+    )
 }

@@ -146,6 +146,10 @@ pub struct Operator<R: Object> {
     guard: RequestGuard,
 }
 
+/// The longest error message in the "reconcile failed" log line (4 KiB; a retried 2 MiB error
+/// would otherwise log 2 MiB per retry).
+const LOG_ERROR_MAX_BYTES: usize = 4096;
+
 /// controller-runtime's default graceful-shutdown timeout: 30 s.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -763,7 +767,7 @@ async fn reconcile_counted<R: Object>(object: Arc<R>, shared: Arc<LoopState<R>>)
             async {
                 tracing::warn!(
                     object = %display_ref(object.as_ref()),
-                    error = %error,
+                    error = %crate::status::bounded(error.to_string(), LOG_ERROR_MAX_BYTES),
                     reason = %error.reason(),
                     "reconcile failed"
                 );
