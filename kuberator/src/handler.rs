@@ -69,6 +69,8 @@ pub struct Ctx<R: Object> {
     namespaces: Vec<String>,
     caches: Caches,
     guard: RequestGuard,
+    /// Whether `emit` without a recorder has warned already (it warns once).
+    warned_no_events: std::sync::atomic::AtomicBool,
 }
 
 impl<R: Object> Ctx<R>
@@ -176,13 +178,27 @@ impl<R: Object> Ctx<R> {
         self.repository.update_status(object, status).await
     }
 
-    /// Emits an event about `object`; a no-op without an event recorder. Never fails.
+    /// Emits an event about `object`. Never fails. Without an event recorder (no `events = …`
+    /// key) it writes nothing and logs one warning per `Ctx`, so a forgotten key is noticed.
     ///
     /// # Access control
     /// `create` and `patch` on `events.k8s.io` `events`.
     pub async fn emit(&self, object: &R, data: EventData) {
-        if let Some(events) = &self.events {
-            events.emit(object, data).await;
+        match &self.events {
+            Some(events) => events.emit(object, data).await,
+            None => {
+                if !self
+                    .warned_no_events
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::warn!(
+                        operator = %self.name,
+                        reason = %data.reason,
+                        "`emit` without an event recorder writes nothing: add `events = \"…\"` \
+                         to `#[kuberator::operator]` (or `CtxBuilder::events`); warned once"
+                    );
+                }
+            }
         }
     }
 
@@ -324,6 +340,7 @@ where
         let client = guard.client(self.client);
         let provider = StaticApiProvider::new(client.clone(), namespaces.clone(), caching);
         Ok(Ctx {
+            warned_no_events: std::sync::atomic::AtomicBool::new(false),
             repository: K8sRepository::new(client.clone(), provider, name.clone()),
             events: self
                 .events
@@ -405,5 +422,57 @@ where
             .name(name)
             .share_caches(caches)
             .request_guard(guard)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn emit_without_a_recorder_warns_once() {
+        let (service, _handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let ctx = Ctx::<ConfigMap>::builder(Client::new(service, "default"))
+            .build()
+            .unwrap();
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let object = ConfigMap::default();
+        for _ in 0..3 {
+            ctx.emit(&object, EventData::normal("Configured", "Reconcile"))
+                .await;
+        }
+        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            text.matches("without an event recorder").count(),
+            1,
+            "{text}"
+        );
+        assert!(text.contains("WARN"), "{text}");
     }
 }
