@@ -397,3 +397,112 @@ async fn a_missing_crd_fails_the_start_naming_the_controller_and_the_crd() {
         "{message}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Two manager processes.
+
+/// Two processes, each a `Manager` of two controllers (ConfigMaps and Secrets, `tests/bin/
+/// replica.rs` with `KUBERATOR_REPLICA_MANAGER=1`) under the manager's one Lease: exactly one
+/// process reconciles, for every controller; SIGTERM on the leader hands every controller over to
+/// the standby in under 3 s.
+#[tokio::test]
+async fn two_manager_processes_hand_every_controller_over_on_sigterm() {
+    use std::time::Duration;
+
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::ObjectMeta;
+
+    use crate::operations::{Replica, millis, reconciled_by, wait_line};
+
+    let env = env().await;
+    let second = Duration::from_secs(1);
+    let config_maps: Api<ConfigMap> = Api::namespaced(env.client(), "default");
+    let secrets: Api<Secret> = Api::namespaced(env.client(), "default");
+    let meta = |name: &str| ObjectMeta {
+        name: Some(name.to_owned()),
+        labels: Some([("kuberator-test".to_owned(), "replica".to_owned())].into()),
+        ..ObjectMeta::default()
+    };
+    let create_both = |name: &'static str| {
+        let (config_maps, secrets) = (config_maps.clone(), secrets.clone());
+        let (cm, secret) = (
+            ConfigMap {
+                metadata: meta(name),
+                ..ConfigMap::default()
+            },
+            Secret {
+                metadata: meta(name),
+                ..Secret::default()
+            },
+        );
+        async move {
+            config_maps
+                .create(&PostParams::default(), &cm)
+                .await
+                .unwrap();
+            secrets
+                .create(&PostParams::default(), &secret)
+                .await
+                .unwrap();
+        }
+    };
+
+    let mut a = Replica::spawn_manager("manager-a", &env);
+    wait_line(&a, "leader true", 30 * second).await;
+    let mut b = Replica::spawn_manager("manager-b", &env);
+    wait_line(&b, "leader false", 30 * second).await;
+    create_both("before").await;
+    reconciled_by(&a, "ConfigMap/before", 30 * second).await;
+    reconciled_by(&a, "Secret/before", 30 * second).await;
+    tokio::time::sleep(2 * second).await;
+    assert_eq!(b.reconciles(), 0, "the standby reconciled: {:?}", b.lines());
+    assert_eq!(
+        a.reconciles(),
+        2,
+        "one reconcile per object: {:?}",
+        a.lines()
+    );
+
+    let terminated = a.signal("TERM");
+    let first = wait_line(&b, "reconcile start", 10 * second).await;
+    let handover = millis(first - terminated);
+    eprintln!("manager handover after SIGTERM (two processes): {handover:?}");
+    assert!(handover < 3 * second, "handover took {handover:?}");
+    a.wait_exit(10 * second).await;
+    assert!(
+        a.first("exited").is_some(),
+        "a exited cleanly: {:?}",
+        a.lines()
+    );
+
+    // Both controllers of the new leader work; the old one did nothing after its signal.
+    create_both("after").await;
+    let cm_at = reconciled_by(&b, "ConfigMap/after", 10 * second).await;
+    let secret_at = reconciled_by(&b, "Secret/after", 10 * second).await;
+    eprintln!(
+        "after handover: ConfigMap {:?}, Secret {:?} after the signal",
+        millis(cm_at - terminated),
+        millis(secret_at - terminated)
+    );
+    let signal_at = a.first("signal").unwrap();
+    let late: Vec<_> = a
+        .intervals(None)
+        .into_iter()
+        .filter(|(start, _, _)| *start > signal_at)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "the old leader reconciled after SIGTERM: {late:?}"
+    );
+    let c_terminated = b.signal("TERM");
+    b.wait_exit(10 * second).await;
+    // Intervals of the two processes never overlap.
+    for (xs, xe, x) in a.intervals(Some(terminated)) {
+        for (ys, ye, y) in b.intervals(Some(c_terminated)) {
+            assert!(
+                xe < ys || ye < xs,
+                "a reconciled {x} while b reconciled {y}"
+            );
+        }
+    }
+}

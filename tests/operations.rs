@@ -184,7 +184,7 @@ fn unix_nanos() -> u128 {
 }
 
 /// A running replica process and its output lines.
-struct Replica {
+pub struct Replica {
     name: &'static str,
     child: Child,
     _stdin: ChildStdin,
@@ -193,7 +193,17 @@ struct Replica {
 
 impl Replica {
     fn spawn(name: &'static str, env: &TestEnv) -> Replica {
+        Replica::spawn_with(name, env, false)
+    }
+
+    /// A replica running a `Manager` of two controllers (labelled ConfigMaps and Secrets).
+    pub fn spawn_manager(name: &'static str, env: &TestEnv) -> Replica {
+        Replica::spawn_with(name, env, true)
+    }
+
+    fn spawn_with(name: &'static str, env: &TestEnv, manager: bool) -> Replica {
         let mut child = Command::new(env!("CARGO_BIN_EXE_replica"))
+            .env("KUBERATOR_REPLICA_MANAGER", if manager { "1" } else { "0" })
             .env("KUBERATOR_REPLICA_KUBECONFIG", env.kubeconfig_path())
             .env("KUBERATOR_REPLICA_IDENTITY", name)
             .env("RUST_LOG", "kuberator=info")
@@ -219,26 +229,26 @@ impl Replica {
         }
     }
 
-    fn lines(&self) -> Vec<String> {
+    pub fn lines(&self) -> Vec<String> {
         self.lines.lock().unwrap().clone()
     }
 
     /// The time of the first line starting with `prefix` (its last field), if any.
-    fn first(&self, prefix: &str) -> Option<u128> {
+    pub fn first(&self, prefix: &str) -> Option<u128> {
         self.lines()
             .iter()
             .find(|l| l.starts_with(prefix))
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
     }
 
-    fn reconciles(&self) -> usize {
+    pub fn reconciles(&self) -> usize {
         self.lines()
             .iter()
             .filter(|l| l.starts_with("reconcile start"))
             .count()
     }
 
-    fn signal(&self, signal: &str) -> u128 {
+    pub fn signal(&self, signal: &str) -> u128 {
         let at = unix_nanos();
         let status = Command::new("kill")
             .args([format!("-{signal}"), self.child.id().to_string()])
@@ -248,7 +258,7 @@ impl Replica {
         at
     }
 
-    async fn wait_exit(&mut self, within: Duration) {
+    pub async fn wait_exit(&mut self, within: Duration) {
         let end = Instant::now() + within;
         while self.child.try_wait().unwrap().is_none() {
             assert!(Instant::now() < end, "{} did not exit", self.name);
@@ -257,7 +267,7 @@ impl Replica {
     }
 
     /// Reconcile intervals `[start, end]`; one still open ends at `killed_at` (or now).
-    fn intervals(&self, killed_at: Option<u128>) -> Vec<(u128, u128, String)> {
+    pub fn intervals(&self, killed_at: Option<u128>) -> Vec<(u128, u128, String)> {
         let mut open: BTreeMap<String, u128> = BTreeMap::new();
         let mut intervals = Vec::new();
         for line in self.lines() {
@@ -305,7 +315,7 @@ async fn create_config_map(api: &Api<ConfigMap>, name: &str) {
 }
 
 /// Waits until `replica` logged a reconcile start of `name`; returns its time.
-async fn reconciled_by(replica: &Replica, name: &str, within: Duration) -> u128 {
+pub async fn reconciled_by(replica: &Replica, name: &str, within: Duration) -> u128 {
     let prefix = format!("reconcile start {name} ");
     let end = Instant::now() + within;
     loop {
@@ -322,7 +332,7 @@ async fn reconciled_by(replica: &Replica, name: &str, within: Duration) -> u128 
     }
 }
 
-async fn wait_line(replica: &Replica, prefix: &str, within: Duration) -> u128 {
+pub async fn wait_line(replica: &Replica, prefix: &str, within: Duration) -> u128 {
     let end = Instant::now() + within;
     loop {
         if let Some(at) = replica.first(prefix) {
@@ -338,7 +348,7 @@ async fn wait_line(replica: &Replica, prefix: &str, within: Duration) -> u128 {
     }
 }
 
-fn millis(nanos: u128) -> Duration {
+pub fn millis(nanos: u128) -> Duration {
     Duration::from_nanos(u64::try_from(nanos).unwrap())
 }
 

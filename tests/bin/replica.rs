@@ -5,6 +5,11 @@
 //!
 //! Settings come from `KUBERATOR_REPLICA_KUBECONFIG` and `KUBERATOR_REPLICA_IDENTITY`; the
 //! process exits when its stdin closes (the test went away).
+//!
+//! With `KUBERATOR_REPLICA_MANAGER=1` the replica is a `Manager` of two controllers (labelled
+//! ConfigMaps and labelled Secrets) under the manager's one leader election, for
+//! `manager::two_manager_processes_hand_every_controller_over_on_sigterm`; reconcile lines then
+//! name the kind: `reconcile start ConfigMap/<name> <ns>`.
 
 use std::{
     io::Read,
@@ -12,15 +17,20 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{
     Client, ResourceExt,
     config::{KubeConfigOptions, Kubeconfig},
 };
-use kuberator::{Action, Operator, Reconciler, runtime::LeaderElection};
+use kuberator::{
+    Action, Operator, Reconciler,
+    runtime::{LeaderElection, Manager},
+};
 
 /// The Lease the replicas compete for.
 const LEASE: &str = "replica-test";
+/// The Lease the manager replicas compete for.
+const MANAGER_LEASE: &str = "replica-manager-test";
 /// Only ConfigMaps with this label are reconciled.
 const LABEL: &str = "kuberator-test=replica";
 /// How long each reconcile takes: long enough to be caught in the act.
@@ -33,6 +43,23 @@ fn unix_nanos() -> u128 {
 }
 
 struct Replica;
+
+/// Reconciles any kind, printing `reconcile start|end <Kind>/<name>` lines.
+struct Named;
+
+#[async_trait::async_trait]
+impl<K> Reconciler<K> for Named
+where
+    K: kuberator::finalize::Object,
+{
+    async fn reconcile(&self, object: Arc<K>) -> kuberator::Result<Action> {
+        let name = format!("{}/{}", K::kind(&()), object.name_any());
+        println!("reconcile start {name} {}", unix_nanos());
+        tokio::time::sleep(WORK).await;
+        println!("reconcile end {name} {}", unix_nanos());
+        Ok(Action::await_change())
+    }
+}
 
 #[async_trait::async_trait]
 impl Reconciler<ConfigMap> for Replica {
@@ -59,8 +86,10 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let client = Client::try_from(config)?;
+    let manager = std::env::var("KUBERATOR_REPLICA_MANAGER").is_ok_and(|v| v == "1");
+    let lease = if manager { MANAGER_LEASE } else { LEASE };
     let leadership = Arc::new(
-        LeaderElection::new(client.clone(), "default", LEASE)
+        LeaderElection::new(client.clone(), "default", lease)
             .identity(identity)
             .start()?,
     );
@@ -74,10 +103,42 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     });
+    if manager {
+        return run_manager(client, leadership).await;
+    }
     Operator::with_reconciler(client, Replica)
         .namespaces(["default"])
         .label_selector(LABEL)
         .concurrency(4)
+        .with_leadership(leadership)
+        .shutdown_on(async {
+            kuberator::shutdown_signal().await;
+            println!("signal {}", unix_nanos());
+        })
+        .run()
+        .await?;
+    println!("exited {}", unix_nanos());
+    Ok(())
+}
+
+/// Two controllers, one manager, one Lease: every controller reconciles only while it leads.
+async fn run_manager(
+    client: Client,
+    leadership: Arc<kuberator::runtime::Leadership>,
+) -> anyhow::Result<()> {
+    Manager::new(client.clone())
+        .add(
+            Operator::<ConfigMap>::with_reconciler(client.clone(), Named)
+                .name("replica-configmaps")
+                .namespaces(["default"])
+                .label_selector(LABEL),
+        )
+        .add(
+            Operator::<Secret>::with_reconciler(client, Named)
+                .name("replica-secrets")
+                .namespaces(["default"])
+                .label_selector(LABEL),
+        )
         .with_leadership(leadership)
         .shutdown_on(async {
             kuberator::shutdown_signal().await;
