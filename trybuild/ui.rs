@@ -9,6 +9,9 @@
 //! ```text
 //! TRYBUILD=overwrite cargo test -p kuberator-trybuild
 //! ```
+//!
+//! `UI_CASES` runs only some cases: comma-separated globs under `ui/`, e.g.
+//! `UI_CASES=operator/fail/resource_*,observe_generation/*/* cargo test -p kuberator-trybuild`.
 
 use std::path::Path;
 use std::process::Command;
@@ -17,8 +20,22 @@ use std::process::Command;
 fn ui() {
     check_rustc_version();
     let cases = trybuild::TestCases::new();
-    cases.pass("ui/*/pass/*.rs");
-    cases.compile_fail("ui/*/fail/*.rs");
+    match std::env::var("UI_CASES") {
+        Ok(filter) => {
+            for glob in filter.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+                let glob = format!("ui/{}.rs", glob.trim_end_matches(".rs"));
+                if glob.contains("/pass/") {
+                    cases.pass(glob);
+                } else {
+                    cases.compile_fail(glob);
+                }
+            }
+        }
+        Err(_) => {
+            cases.pass("ui/*/pass/*.rs");
+            cases.compile_fail("ui/*/fail/*.rs");
+        }
+    }
 }
 
 /// Fails loudly when the `.stderr` snapshots were recorded with another rustc; with

@@ -1,0 +1,24 @@
+use kuberator::prelude::*;
+
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
+#[kube(group = "example.com", version = "v1", kind = "Website", namespaced)]
+pub struct WebsiteSpec {
+    pub image: String,
+}
+
+pub struct Websites;
+
+const FINALIZER: &str = "websites.example.com/clean up";
+
+#[kuberator::operator(resource = Website, finalizer = FINALIZER)]
+impl Websites {
+    async fn apply(&self, _site: Arc<Website>) -> Result<Action> {
+        Ok(Action::await_change())
+    }
+
+    async fn cleanup(&self, _site: Arc<Website>) -> Result<Action> {
+        Ok(Action::await_change())
+    }
+}
+
+fn main() {}
