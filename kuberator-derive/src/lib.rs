@@ -21,6 +21,7 @@
 //! use k8s_openapi::api::core::v1::{ConfigMap, Service};
 //!
 //! #[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema, ObserveGeneration)]
+//! #[serde(rename_all = "camelCase")]                // stored as `status.observedGeneration`
 //! pub struct WebsiteStatus {
 //!     pub observed_generation: Option<i64>,
 //!     #[status_error]
@@ -41,6 +42,7 @@
 //! #[kuberator::operator(
 //!     resource = Website,                          // required
 //!     finalizer = "websites.example.com/cleanup",  // default: none (then no `cleanup`)
+//!     legacy_finalizers("old.example.com/cleanup"), // default: none; replaced by `finalizer`
 //!     namespaces("default", "shop"),               // default: all namespaces
 //!     caching = Strict,                            // default: Strict with namespaces, else Extendable
 //!     concurrency = 8,                             // default: 1 (sequential)
@@ -49,6 +51,7 @@
 //!     events = "website-operator",                 // default: no event recorder
 //!     leader_election = "website-operator",        // default: every replica reconciles
 //!     health = "0.0.0.0:8080",                     // default: no /metrics, /healthz, /readyz
+//!     crate = kuberator,                           // default: `::kuberator` (for a renamed dependency)
 //! )]
 //! impl Websites {
 //!     async fn apply(&self, site: Arc<Website>, ctx: &Ctx<Website>) -> Result<Action> {
@@ -63,8 +66,8 @@
 //!     }
 //! }
 //!
-//! // in `main`: runs until SIGTERM / SIGINT
-//! Websites::new().run(Client::try_default().await?).await?;
+//! // in `main` (`IntoOperator` is in the prelude): runs until SIGTERM / SIGINT
+//! Websites.run(Client::try_default().await?).await?;
 //! ```
 
 mod duration;
@@ -87,10 +90,17 @@ use proc_macro::TokenStream;
 ///   field named `observed_generation`. Its type is `Option<i64>` or `i64` (what
 ///   `metadata.generation` is), written as such; a type alias is not recognised.
 /// - **The error slot** (optional): the field marked `#[status_error]`, of type `Option<T>` with
-///   `T: kuberator::FromStatusError` (e.g. `kuberator::StatusError`, or `String`).
+///   `T: kuberator::FromStatusError` (e.g. `kuberator::StatusError`, or `String`). A status with
+///   a slot must implement `Default`: an error on an object that has no status yet is recorded in
+///   `Default::default()` (so required fields need defaults too).
+/// - **Serialised name**: the observed generation must be stored as `observedGeneration` (what
+///   `kubectl wait` and kstatus read): `#[serde(rename_all = "camelCase")]` on the struct, or
+///   `#[serde(rename = "observedGeneration")]` on the field.
+/// - `#[kuberator(crate = kr)]`: the runtime crate's path when the dependency is renamed.
 ///
 /// ```text
 /// #[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema, ObserveGeneration)]
+/// #[serde(rename_all = "camelCase")]
 /// pub struct WebsiteStatus {
 ///     pub observed_generation: Option<i64>,
 ///     #[status_error]
@@ -112,11 +122,18 @@ use proc_macro::TokenStream;
 ///
 /// # Compile errors
 ///
-/// No observed-generation field (at the struct's name), `#[observe_generation]` or
+/// On the spec (a struct with `#[kube(...)]`, or named `…Spec` without the field): "derive it on
+/// the status"; a field named `observedGeneration` (rename it, or mark it); a generation that
+/// would not serialise as `observedGeneration` (at the field); a status with an error slot
+/// without `Default` (one error, at the struct's name);
+/// no observed-generation field (at the struct's name), `#[observe_generation]` or
 /// `#[status_error]` on two fields, a generation that is not `Option<i64>` / `i64` or a slot that
 /// is not an `Option<_>` (at the type), a slot type without `FromStatusError` (rustc's error, at
 /// the type), arguments to the markers, and an enum, tuple or unit struct.
-#[proc_macro_derive(ObserveGeneration, attributes(observe_generation, status_error))]
+#[proc_macro_derive(
+    ObserveGeneration,
+    attributes(observe_generation, status_error, kuberator)
+)]
 pub fn derive_observe_generation(input: TokenStream) -> TokenStream {
     observe_generation::expand(input.into()).into()
 }
@@ -164,11 +181,13 @@ pub fn derive_observe_generation(input: TokenStream) -> TokenStream {
 ///
 /// # Compile errors
 ///
-/// A struct or union, a missing or repeated `#[status_error(T)]` (at the enum's name), a `T`
+/// An enum without `std::error::Error` (e.g. no `thiserror::Error`: one error, at the enum's
+/// name), a retry class or reason on the enum instead of the variants,
+/// a struct or union, a missing or repeated `#[status_error(T)]` (at the enum's name), a `T`
 /// without `FromStatusError` (rustc's error, at `T`), an unknown option or retry class (with the
 /// valid ones and a "did you mean"), two retry classes on one variant, a malformed or zero
 /// duration and a reason that is not CamelCase (at the literal).
-#[proc_macro_derive(AsStatusError, attributes(status_error))]
+#[proc_macro_derive(AsStatusError, attributes(status_error, kuberator))]
 pub fn derive_as_status_error(input: TokenStream) -> TokenStream {
     status_error::expand(input.into()).into()
 }
@@ -184,15 +203,16 @@ pub fn derive_as_status_error(input: TokenStream) -> TokenStream {
 ///     async fn cleanup(&self, site: Arc<Website>, ctx: &Ctx<Website>) -> Result<Action> { … }
 /// }
 ///
-/// Websites { … }.run(client).await?;   // until SIGTERM / SIGINT
+/// Websites { … }.run(client).await?;   // until SIGTERM / SIGINT (`IntoOperator`, in the prelude)
 /// ```
 ///
 /// # Keys
 ///
 /// | key | default | meaning |
 /// |---|---|---|
-/// | `resource = Website` | required | the resource reconciled: `kube::Resource<DynamicType = ()>` + `Clone + Debug + Serialize + DeserializeOwned`, e.g. a `#[derive(CustomResource)]` type or a `k8s_openapi` type |
-/// | `finalizer = "example.com/name"` | none | adds this finalizer and calls `cleanup` before deletion. A qualified name: a DNS subdomain prefix you own, `/`, a name of at most 63 letters, digits, `-`, `_`, `.` |
+/// | `resource = Website` (or `"Website"`) | required | the resource reconciled: `kube::Resource<DynamicType = ()>` + `Clone + Debug + Serialize + DeserializeOwned`, e.g. a `#[derive(CustomResource)]` type or a `k8s_openapi` type |
+/// | `finalizer = "example.com/name"` | none | adds this finalizer and calls `cleanup` before deletion. A qualified name as Kubernetes accepts it: a name of at most 63 letters, digits, `-`, `_`, `.`, optionally after a DNS subdomain prefix and `/` (recommended: a domain you own, `example.com/cleanup`). Or the path of a `&str` const, checked at compile time |
+/// | `legacy_finalizers("old.name", …)` | none | finalizers a previous operator added: replaced by `finalizer` on every object (on one being deleted, `cleanup` runs and they are removed), so a port leaves nothing stuck in `Terminating` |
 /// | `namespaces("a", "b")` | all namespaces | watch (and pre-cache API handles for) only these namespaces; DNS-1123 labels, at least one; only for namespaced resources |
 /// | `caching = Strict \| Adhoc \| Extendable` | `Strict` with `namespaces`, else `Extendable` | how API handles for namespaces outside the pre-cached ones are treated: `Strict` refuses them, `Adhoc` builds one each time, `Extendable` caches them on first use |
 /// | `concurrency = N` | `1` (sequential) | at most N objects reconciled at once, 1 ≤ N ≤ 65535; one object is never reconciled twice at once |
@@ -201,6 +221,7 @@ pub fn derive_as_status_error(input: TokenStream) -> TokenStream {
 /// | `events = "website-operator"` | no recorder | gives `Ctx` an event recorder reporting as this component (`reportingController`, a qualified name); without it `ctx.emit` does nothing |
 /// | `leader_election = "website-operator"` | off | reconcile only while holding this Lease (in the operator's namespace: `POD_NAMESPACE`, the service account's, or the client's default); standbys keep warm caches |
 /// | `health = "0.0.0.0:8080"` | off | serve `/metrics` (controller-runtime's metric names), `/healthz` and `/readyz` on this address |
+/// | `crate = kr` | `::kuberator` | the runtime crate's path, for `kr = { package = "kuberator" }` |
 ///
 /// # Methods
 ///
@@ -218,27 +239,32 @@ pub fn derive_as_status_error(input: TokenStream) -> TokenStream {
 ///
 /// # Generated
 ///
-/// Next to the impl block, which is kept unchanged, for a handler type `Websites`:
+/// Next to the impl block, which is kept unchanged (but for `#[allow(clippy::unused_async)]` on
+/// `apply` and `cleanup`), for a handler type `Websites`, all inside an anonymous `const _`, so
+/// that nothing clashes with the user's names:
 ///
-/// - `pub struct WebsitesOperator`, holding the handler and its `Ctx`, with
-///   `impl kuberator::Handler<Website>` forwarding `apply` / `cleanup` to your methods and
-///   recording errors in the object's status when the status derives `ObserveGeneration` (see
-///   `RecordError`);
-/// - `impl Websites { pub fn operator(self, client) -> kuberator::Result<Operator<Website>>; pub
-///   async fn run(self, client) -> kuberator::Result<()> }`: `operator` builds the context and the
-///   configured runner without starting it, `run` runs it until SIGTERM / SIGINT, letting
-///   in-flight reconciles finish;
-/// - `pub type WebsitesRepository = K8sRepository<Website, StaticApiProvider<Website>>`;
-/// - compile-time assertions that `Website` is a resource kuberator can reconcile and, with
-///   `namespaces(...)`, that it is namespaced.
+/// - a private struct holding the handler and its `Ctx`, with `impl kuberator::Handler<Website>`
+///   forwarding `apply` / `cleanup` to your methods and recording errors in the object's status
+///   when the status derives `ObserveGeneration` with an error slot (see `RecordError`);
+/// - `impl kuberator::IntoOperator for Websites`: `operator(self, client)` builds the context and
+///   the configured runner without starting it, `rbac_options()` the least-privilege RBAC,
+///   `run(self, client)` runs it until SIGTERM / SIGINT, letting in-flight reconciles finish
+///   (a second `#[kuberator::operator]` block on the same type is one "conflicting
+///   implementations" error);
+/// - compile-time assertions that `Website` is a resource kuberator can reconcile (one error at
+///   `resource = …` otherwise, with a "did you mean" for a `…Spec` type), that `Websites` is
+///   `Send + Sync + 'static` and, with `namespaces(...)`, that `Website` is namespaced.
 ///
 /// Each of these is also public API of the runtime crate (`Handler`, `Ctx`, `Operator`), so a
 /// piece can be written by hand instead.
 ///
 /// # Compile errors
 ///
-/// Each at the offending token, all at once: a missing `resource`; an unknown key (with the valid
-/// keys and a "did you mean"), a repeated key or a key in the wrong form; a finalizer that is not
+/// Each at the offending token, all at once: a missing `resource`; `DynamicObject`; a resource
+/// the handlers do not take (at `resource = …`); an unknown key (with the valid keys and a "did
+/// you mean", and the fix for `namespace` and `namespaced`), a repeated key or a key in the wrong
+/// form; `ctx.emit` without `events = …`; `reconcile` / `finalize` / `clean_up` / `delete` instead
+/// of `apply` / `cleanup`; a finalizer that is not
 /// a qualified name; empty or invalid `namespaces`; `namespaces` on a cluster-scoped resource;
 /// an unknown caching strategy; `concurrency = 0`; an empty `owns()`; an invalid label selector
 /// or events component; a missing `apply`, or `cleanup` missing with / present without a

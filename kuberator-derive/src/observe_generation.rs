@@ -2,13 +2,13 @@
 //! `WithStatusError` when a field is marked `#[status_error]`.
 
 use darling::Error;
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Attribute, Data, DeriveInput, Field, Fields, Generics, Ident, Type};
 
-use crate::paths::kuberator;
-use crate::util::{error_at, is_named, option_inner, source};
+use crate::paths::{Root, crate_path};
+use crate::util::{error_at, error_at_span, is_named, option_inner, source};
 
 /// The field found by name when none is marked.
 const DEFAULT_FIELD: &str = "observed_generation";
@@ -16,25 +16,72 @@ const DEFAULT_FIELD: &str = "observed_generation";
 const GENERATION_ATTR: &str = "observe_generation";
 /// Marks the status-error slot.
 const ERROR_ATTR: &str = "status_error";
+/// `#[kuberator(crate = kr)]`: the runtime crate's path when the dependency is renamed.
+pub(crate) const CRATE_ATTR: &str = "kuberator";
+/// The name Kubernetes tools (`kubectl wait`, kstatus) read the observed generation under.
+const SERIALIZED_NAME: &str = "observedGeneration";
 
 /// Entry point: the derive's output, or the errors plus dummy impls.
 pub(crate) fn expand(input: TokenStream) -> TokenStream {
+    crate::util::forget_errors();
     let input: DeriveInput = match syn::parse2(input) {
         Ok(input) => input,
         Err(error) => return error.into_compile_error(),
     };
-    match Status::from_input(&input) {
+    let mut errors = Error::accumulator();
+    let root = Root::new(errors.handle(crate_attr(&input.attrs)).flatten());
+    let status = Status::from_input(&input, root.clone());
+    match errors.finish_with(()).and(status) {
         Ok(status) => status.expand(),
         Err(errors) => {
-            let mut tokens = errors.write_errors();
-            tokens.extend(dummy(&input));
+            let mut tokens = crate::util::write_errors(errors);
+            tokens.extend(dummy(&input, &root));
             tokens
         }
     }
 }
 
+/// `#[kuberator(crate = kr)]` on the item, shared by both derives.
+pub(crate) fn crate_attr(attrs: &[Attribute]) -> darling::Result<Option<syn::Path>> {
+    let mut errors = Error::accumulator();
+    let mut found = None;
+    for attr in attrs.iter().filter(|a| a.path().is_ident(CRATE_ATTR)) {
+        let parsed = attr.parse_args_with(|input: syn::parse::ParseStream| {
+            let key: syn::Path = input.call(syn::Path::parse_mod_style)?;
+            if !key.is_ident("crate") {
+                return Err(syn::Error::new_spanned(
+                    &key,
+                    format!(
+                        "unknown key `{}` in `#[kuberator(...)]`: expected `crate = path`",
+                        source(&key)
+                    ),
+                ));
+            }
+            input.parse::<syn::Token![=]>()?;
+            let value: syn::Expr = input.parse()?;
+            if !input.is_empty() {
+                return Err(input.error("expected only `crate = path`"));
+            }
+            Ok(value)
+        });
+        match parsed {
+            Ok(value) => {
+                if let Some(path) = errors.handle(crate_path(&value)) {
+                    if found.is_some() {
+                        errors.push(error_at(attr, "`crate = …` is given twice: keep one"));
+                    }
+                    found = Some(path);
+                }
+            }
+            Err(error) => errors.push(error.into()),
+        }
+    }
+    errors.finish_with(found)
+}
+
 /// A validated status struct: all codegen sees.
 struct Status<'a> {
+    root: Root,
     ident: &'a Ident,
     generics: &'a Generics,
     generation: GenerationField<'a>,
@@ -55,7 +102,18 @@ struct ErrorField<'a> {
 
 impl<'a> Status<'a> {
     /// Parses and validates, collecting every error.
-    fn from_input(input: &'a DeriveInput) -> darling::Result<Self> {
+    fn from_input(input: &'a DeriveInput, root: Root) -> darling::Result<Self> {
+        // On the spec (a `#[kube(...)]` struct): that one mistake, not every field's.
+        if let Some(kube) = input.attrs.iter().find(|a| a.path().is_ident("kube")) {
+            return Err(error_at(
+                kube.path(),
+                format!(
+                    "`ObserveGeneration` goes on the status, not on the spec `{}`: derive it on \
+                     the struct named in `#[kube(status = \"...\")]`",
+                    input.ident
+                ),
+            ));
+        }
         let mut errors = Error::accumulator();
         let fields = named_fields(input).map_err(|error| errors.push(error)).ok();
         let fields: Vec<&Field> = fields.into_iter().flatten().collect();
@@ -94,10 +152,48 @@ impl<'a> Status<'a> {
                 .copied()
                 .find(|field| field.ident.as_ref().is_some_and(|i| i == DEFAULT_FIELD))
         });
-        let generation = match chosen {
-            Some(field) => errors.handle(GenerationField::new(field)),
-            None => {
-                if matches!(&input.data, Data::Struct(s) if matches!(s.fields, Fields::Named(_))) {
+        let rename_all = errors.handle(rename_all(&input.attrs)).flatten();
+        let near_miss = fields.iter().copied().find(|field| {
+            field.ident.as_ref().is_some_and(|ident| {
+                ident
+                    .to_string()
+                    .replace('_', "")
+                    .eq_ignore_ascii_case("observedgeneration")
+            })
+        });
+        let generation = match (chosen, near_miss) {
+            (Some(field), _) => errors.handle(GenerationField::new(field)).inspect(|_| {
+                errors.handle(check_serialized_name(input, field, rename_all.as_deref()));
+            }),
+            (None, Some(field)) => {
+                let name = field
+                    .ident
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                errors.push(error_at(
+                    &field.ident,
+                    format!(
+                        "`{name}` is not found by name: rename it `observed_generation` (with \
+                         `#[serde(rename_all = \"camelCase\")]` on `{}`), or mark it \
+                         `#[observe_generation]`",
+                        input.ident
+                    ),
+                ));
+                None
+            }
+            (None, None) => {
+                if input.ident.to_string().ends_with("Spec") {
+                    errors.push(error_at(
+                        &input.ident,
+                        format!(
+                            "`ObserveGeneration` goes on the status, not on the spec `{}`: derive \
+                             it on the struct named in `#[kube(status = \"...\")]`",
+                            input.ident
+                        ),
+                    ));
+                } else if matches!(&input.data, Data::Struct(s) if matches!(s.fields, Fields::Named(_)))
+                {
                     errors.push(error_at(
                         &input.ident,
                         format!(
@@ -118,6 +214,7 @@ impl<'a> Status<'a> {
         // `finish_with` returned Ok, so nothing failed and the field was found.
         let generation = generation.ok_or_else(|| Error::custom("no observed-generation field"))?;
         Ok(Status {
+            root,
             ident: &input.ident,
             generics: &input.generics,
             generation,
@@ -126,7 +223,7 @@ impl<'a> Status<'a> {
     }
 
     fn expand(&self) -> TokenStream {
-        let root = kuberator(Span::call_site());
+        let root = self.root.call_site();
         let Status { ident, .. } = self;
         let (impl_generics, ty_generics, where_clause) = self.generics.split_for_impl();
         let field = self.generation.ident;
@@ -168,7 +265,18 @@ impl<'a> Status<'a> {
             }),
             Some(ErrorField { ident: slot, inner }) => {
                 // Spanned on the user's type: a missing `FromStatusError` impl is reported there.
-                let spanned_root = kuberator(inner.span());
+                let spanned_root = self.root.at(inner.span());
+                // Without `Default` an error on an object that has no status yet could not be
+                // recorded (the runtime starts from `Default::default()`): refuse at compile time
+                // rather than record nothing at run time. One bound, on the struct's name.
+                let default_root = self.root.at(ident.span());
+                let needs_default = quote_spanned! {ident.span()=>
+                    #ident #ty_generics: #default_root::__private::DefaultStatus
+                };
+                let record_where = match where_clause {
+                    Some(clause) => quote!(#clause, #needs_default),
+                    None => quote!(where #needs_default),
+                };
                 let build = quote_spanned! {inner.span()=>
                     <#inner as #spanned_root::FromStatusError>::from_status_error(
                         &#root::Error::reason(error),
@@ -182,7 +290,7 @@ impl<'a> Status<'a> {
                 let (with_impl_generics, _, _) = with_generics.split_for_impl();
                 tokens.extend(quote! {
                     #[automatically_derived]
-                    impl #impl_generics #root::RecordError for #ident #ty_generics #where_clause {
+                    impl #impl_generics #root::RecordError for #ident #ty_generics #record_where {
                         fn record_error(
                             &mut self,
                             error: ::core::option::Option<&#root::Error>,
@@ -288,12 +396,125 @@ fn named_fields(input: &DeriveInput) -> darling::Result<impl Iterator<Item = &Fi
     }
 }
 
+/// `#[serde(rename_all = "…")]` (or its `serialize = "…"` form) on the struct, if any.
+fn rename_all(attrs: &[Attribute]) -> darling::Result<Option<String>> {
+    serde_value(attrs, "rename_all")
+}
+
+/// The serialize-side value of `#[serde(key = "…")]` / `#[serde(key(serialize = "…"))]`; other
+/// serde keys are left to serde.
+fn serde_value(attrs: &[Attribute], key: &str) -> darling::Result<Option<String>> {
+    let mut found = None;
+    for attr in attrs.iter().filter(|a| a.path().is_ident("serde")) {
+        // Serde reports malformed serde attributes itself; read what parses.
+        let _ = attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident(key) {
+                if meta.input.peek(syn::Token![=]) {
+                    let lit: syn::LitStr = meta.value()?.parse()?;
+                    found = Some(lit.value());
+                } else {
+                    meta.parse_nested_meta(|inner| {
+                        let lit: syn::LitStr = inner.value()?.parse()?;
+                        if inner.path.is_ident("serialize") {
+                            found = Some(lit.value());
+                        }
+                        Ok(())
+                    })?;
+                }
+            } else if meta.input.peek(syn::Token![=]) {
+                let _: syn::Expr = meta.value()?.parse()?;
+            } else if meta.input.peek(syn::token::Paren) {
+                meta.parse_nested_meta(|inner| {
+                    if inner.input.peek(syn::Token![=]) {
+                        let _: syn::Expr = inner.value()?.parse()?;
+                    }
+                    Ok(())
+                })?;
+            }
+            Ok(())
+        });
+    }
+    Ok(found)
+}
+
+/// The observed generation must serialise as `observedGeneration`: that is where `kubectl wait`,
+/// kstatus and every Kubernetes tool read it.
+fn check_serialized_name(
+    input: &DeriveInput,
+    field: &Field,
+    rename_all: Option<&str>,
+) -> darling::Result<()> {
+    let Some(ident) = &field.ident else {
+        return Ok(());
+    };
+    let rust_name = ident.to_string();
+    let rust_name = rust_name.strip_prefix("r#").unwrap_or(&rust_name);
+    let renamed = serde_value(&field.attrs, "rename")?;
+    let serialized = match (&renamed, rename_all) {
+        (Some(name), _) => name.clone(),
+        (None, Some(rule)) => apply_rename_rule(rust_name, rule),
+        (None, None) => rust_name.to_owned(),
+    };
+    if serialized == SERIALIZED_NAME {
+        return Ok(());
+    }
+    let fix = if renamed.is_some() {
+        format!("write `#[serde(rename = \"{SERIALIZED_NAME}\")]`")
+    } else if rust_name == DEFAULT_FIELD {
+        format!(
+            "add `#[serde(rename_all = \"camelCase\")]` to `{}` (or `#[serde(rename = \
+             \"{SERIALIZED_NAME}\")]` to the field)",
+            input.ident
+        )
+    } else {
+        format!("add `#[serde(rename = \"{SERIALIZED_NAME}\")]` to the field")
+    };
+    Err(error_at(
+        ident,
+        format!(
+            "the observed generation is stored as `status.{serialized}`, but `kubectl wait` and \
+             kstatus read `status.{SERIALIZED_NAME}`: {fix}"
+        ),
+    ))
+}
+
+/// Serde's `rename_all` rules, for one snake_case field name.
+fn apply_rename_rule(name: &str, rule: &str) -> String {
+    let words: Vec<&str> = name.split('_').filter(|w| !w.is_empty()).collect();
+    let capitalized = |w: &str| {
+        let mut chars = w.chars();
+        chars.next().map_or_else(String::new, |first| {
+            first.to_ascii_uppercase().to_string() + chars.as_str()
+        })
+    };
+    match rule {
+        "camelCase" => words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                if i == 0 {
+                    (*w).to_owned()
+                } else {
+                    capitalized(w)
+                }
+            })
+            .collect(),
+        "PascalCase" => words.iter().map(|w| capitalized(w)).collect(),
+        "lowercase" => name.to_ascii_lowercase(),
+        "UPPERCASE" => name.to_ascii_uppercase(),
+        "SCREAMING_SNAKE_CASE" => name.to_ascii_uppercase(),
+        "kebab-case" => name.replace('_', "-"),
+        "SCREAMING-KEBAB-CASE" => name.replace('_', "-").to_ascii_uppercase(),
+        _ => name.to_owned(),
+    }
+}
+
 /// A marker attribute takes no arguments.
 fn flag(attr: &Attribute, name: &str) -> darling::Result<()> {
     match &attr.meta {
         syn::Meta::Path(_) => Ok(()),
-        syn::Meta::List(list) => Err(error_at(
-            &list.delimiter.span().join(),
+        syn::Meta::List(list) => Err(error_at_span(
+            list.delimiter.span().join(),
             format!("`#[{name}]` takes no arguments: write `#[{name}]`"),
         )),
         syn::Meta::NameValue(nv) => Err(error_at(
@@ -305,8 +526,8 @@ fn flag(attr: &Attribute, name: &str) -> darling::Result<()> {
 
 /// Impls that keep the rest of the crate compiling while the errors are shown, so one mistake is
 /// one message.
-fn dummy(input: &DeriveInput) -> TokenStream {
-    let root = kuberator(Span::call_site());
+fn dummy(input: &DeriveInput, root: &Root) -> TokenStream {
+    let root = root.call_site();
     let ident = &input.ident;
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
     let mut tokens = quote! {
@@ -358,6 +579,7 @@ mod tests {
     #[test]
     fn golden_status_with_error_slot() {
         let input = quote! {
+            #[serde(rename_all = "camelCase")]
             pub struct WebsiteStatus {
                 pub observed_generation: Option<i64>,
                 #[status_error]
@@ -371,7 +593,12 @@ mod tests {
     #[test]
     fn marked_plain_field_without_error_slot() {
         let input = quote! {
-            struct Status<T> { #[observe_generation] seen: i64, other: T }
+            struct Status<T> {
+                #[observe_generation]
+                #[serde(rename = "observedGeneration")]
+                seen: i64,
+                other: T,
+            }
         };
         let out = crate::golden::pretty(&expand(input));
         assert!(out.contains("self.seen = generation;"), "{out}");
@@ -381,6 +608,52 @@ mod tests {
             "{out}"
         );
         assert!(!out.contains("WithStatusError"), "{out}");
+    }
+
+    #[test]
+    fn generation_must_serialize_as_observed_generation() {
+        let out = expand(quote! {
+            struct Status { observed_generation: Option<i64> }
+        })
+        .to_string();
+        assert!(out.contains("rename_all"), "{out}");
+        for ok in [
+            quote!(
+                #[serde(rename_all = "camelCase")]
+                struct S {
+                    observed_generation: i64,
+                }
+            ),
+            quote!(
+                struct S {
+                    #[serde(rename = "observedGeneration")]
+                    observed_generation: i64,
+                }
+            ),
+            quote!(
+                #[serde(rename_all(serialize = "camelCase"))]
+                struct S {
+                    observed_generation: i64,
+                }
+            ),
+        ] {
+            let out = expand(ok).to_string();
+            assert!(!out.contains("compile_error"), "{out}");
+        }
+        assert_eq!(
+            apply_rename_rule("observed_generation", "PascalCase"),
+            "ObservedGeneration"
+        );
+    }
+
+    #[test]
+    fn error_slot_requires_default() {
+        let out = expand(quote! {
+            #[serde(rename_all = "camelCase")]
+            struct Status { observed_generation: i64, #[status_error] error: Option<String> }
+        })
+        .to_string();
+        assert!(out.contains("DefaultStatus"), "{out}");
     }
 
     #[test]

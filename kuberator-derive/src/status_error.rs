@@ -9,7 +9,8 @@ use syn::spanned::Spanned;
 use syn::{Attribute, Data, DeriveInput, Generics, Ident, LitStr, Meta, Type};
 
 use crate::duration::parse_millis;
-use crate::paths::kuberator;
+use crate::observe_generation::crate_attr;
+use crate::paths::Root;
 use crate::util::{error_at, one_of, unknown};
 
 /// The attribute on the enum (target type) and on variants (options).
@@ -21,19 +22,23 @@ const CLASSES: [&str; 3] = ["retry", "terminal", "requeue_after"];
 
 /// Entry point: the derive's output, or the errors plus dummy impls.
 pub(crate) fn expand(input: TokenStream) -> TokenStream {
+    crate::util::forget_errors();
     let input: DeriveInput = match syn::parse2(input) {
         Ok(input) => input,
         Err(error) => return error.into_compile_error(),
     };
     let mut errors = Error::accumulator();
+    let root = Root::new(errors.handle(crate_attr(&input.attrs)).flatten());
     let target = errors.handle(target_type(&input));
-    let model = ErrorEnum::from_input(&input, target.clone(), &mut errors);
+    let model = ErrorEnum::from_input(&input, target.clone(), root.clone(), &mut errors);
     match errors.finish_with(model) {
         Ok(Some(model)) => model.expand(),
         Ok(None) => TokenStream::new(),
         Err(errors) => {
-            let mut tokens = errors.write_errors();
-            tokens.extend(dummy(&input, target.as_ref()));
+            let mut tokens = crate::util::write_errors(errors);
+            // The type even when the attribute around it is wrong: no cascade of unused imports.
+            let target = target.or_else(|| lenient_target(&input));
+            tokens.extend(dummy(&input, target.as_ref(), &root));
             tokens
         }
     }
@@ -191,6 +196,22 @@ fn string_value(meta: &Meta, example: &str) -> darling::Result<LitStr> {
     Err(error_at(meta, format!("expected `{example}`")))
 }
 
+/// The type at the start of the enum's `#[status_error(Type, …)]`, whatever follows it.
+fn lenient_target(input: &DeriveInput) -> Option<Type> {
+    input
+        .attrs
+        .iter()
+        .filter(|a| a.path().is_ident(ATTR))
+        .find_map(|attr| {
+            attr.parse_args_with(|stream: syn::parse::ParseStream| {
+                let ty: Type = stream.parse()?;
+                let _: TokenStream = stream.parse()?;
+                Ok(ty)
+            })
+            .ok()
+        })
+}
+
 /// The target type from `#[status_error(Type)]` on the enum.
 fn target_type(input: &DeriveInput) -> darling::Result<Type> {
     let mut errors = Error::accumulator();
@@ -198,15 +219,55 @@ fn target_type(input: &DeriveInput) -> darling::Result<Type> {
     for attr in input.attrs.iter().filter(|a| a.path().is_ident(ATTR)) {
         let parsed = match &attr.meta {
             Meta::List(list) => list.parse_args::<Type>().map_err(|_| {
-                error_at(
-                    &list.tokens,
-                    "expected the status-error type, like `#[status_error(StatusError)]`",
-                )
+                // `#[status_error(StatusError, terminal)]`: a retry class on the enum.
+                let parts = list.parse_args_with(
+                    syn::punctuated::Punctuated::<NestedMeta, syn::Token![,]>::parse_terminated,
+                );
+                let misplaced = parts.ok().and_then(|parts| {
+                    parts.into_iter().skip(1).find(|part| match part {
+                        NestedMeta::Meta(meta) => {
+                            OPTIONS.iter().any(|option| meta.path().is_ident(option))
+                        }
+                        _ => false,
+                    })
+                });
+                match misplaced {
+                    Some(option) => error_at(
+                        &option,
+                        format!(
+                            "retry classes and reasons go on the variants: write \
+                             `#[status_error({})]` on each variant it applies to, and only the \
+                             type here, like `#[status_error(StatusError)]`",
+                            crate::util::source(&option)
+                        ),
+                    ),
+                    None => error_at(
+                        &list.tokens,
+                        "expected the status-error type, like `#[status_error(StatusError)]`",
+                    ),
+                }
             }),
             _ => Err(error_at(
                 attr.path(),
                 "`#[status_error]` needs the status-error type, like `#[status_error(StatusError)]`",
             )),
+        };
+        // A misplaced option: report it, and keep the type so the rest is checked as usual.
+        let parsed = match parsed {
+            Err(error) if error.to_string().starts_with("retry classes and reasons") => {
+                errors.push(error);
+                match &attr.meta {
+                    Meta::List(list) => list
+                        .parse_args_with(|input: syn::parse::ParseStream| {
+                            let ty: Type = input.parse()?;
+                            let _: TokenStream = input.parse()?;
+                            Ok(ty)
+                        })
+                        .map_err(Error::from),
+                    _ => continue,
+                }
+            }
+            other => other,
         };
         if let Some(ty) = errors.handle(parsed) {
             if found.is_some() {
@@ -242,6 +303,7 @@ fn target_type(input: &DeriveInput) -> darling::Result<Type> {
 
 /// A validated error enum.
 struct ErrorEnum<'a> {
+    root: Root,
     ident: &'a Ident,
     generics: &'a Generics,
     target: Type,
@@ -267,6 +329,7 @@ impl<'a> ErrorEnum<'a> {
     fn from_input(
         input: &'a DeriveInput,
         target: Option<Type>,
+        root: Root,
         errors: &mut darling::error::Accumulator,
     ) -> Option<Self> {
         let data = match &input.data {
@@ -286,6 +349,7 @@ impl<'a> ErrorEnum<'a> {
             .map(|variant| errors.handle(ErrorVariant::new(&variant.ident, &variant.attrs)))
             .collect();
         Some(ErrorEnum {
+            root,
             ident: &input.ident,
             generics: &input.generics,
             target: target?,
@@ -294,10 +358,20 @@ impl<'a> ErrorEnum<'a> {
     }
 
     fn expand(&self) -> TokenStream {
-        let root = kuberator(Span::call_site());
+        let root = self.root.call_site();
         let ErrorEnum { ident, target, .. } = self;
-        let (impl_generics, ty_generics, where_clause) = self.generics.split_for_impl();
-        let target_root = kuberator(target.span());
+        let (impl_generics, ty_generics, _) = self.generics.split_for_impl();
+        // One bound on the enum's name, on every impl: without `std::error::Error` (e.g. no
+        // `thiserror::Error`) that is one error there, not one per use of `Display` in the bodies.
+        let error_root = self.root.at(ident.span());
+        let user_error = quote_spanned! {ident.span()=>
+            #ident #ty_generics: #error_root::__private::UserError
+        };
+        let where_clause = match &self.generics.where_clause {
+            Some(clause) => quote!(#clause, #user_error),
+            None => quote!(where #user_error),
+        };
+        let target_root = self.root.at(target.span());
         let build = quote_spanned! {target.span()=>
             <#target as #target_root::FromStatusError>::from_status_error
         };
@@ -448,8 +522,8 @@ fn validate_after(lit: &LitStr) -> darling::Result<Policy> {
 }
 
 /// Impls that keep the rest of the crate compiling while the errors are shown.
-fn dummy(input: &DeriveInput, target: Option<&Type>) -> TokenStream {
-    let root = kuberator(Span::call_site());
+fn dummy(input: &DeriveInput, target: Option<&Type>, root: &Root) -> TokenStream {
+    let root = root.call_site();
     let ident = &input.ident;
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
     let as_status_error = target.map(|target| {

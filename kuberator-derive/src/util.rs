@@ -1,12 +1,52 @@
 //! Helpers shared by the macros: error construction, "did you mean", type shapes.
 
+use std::cell::RefCell;
+
 use darling::Error;
-use syn::spanned::Spanned;
+use proc_macro2::{Span, TokenStream};
+use quote::ToTokens;
 use syn::{GenericArgument, PathArguments, Type};
 
-/// An error spanned at `node`, in rustc's voice (the caller writes the message).
-pub(crate) fn error_at(node: &impl Spanned, message: impl std::fmt::Display) -> Error {
-    Error::custom(message).with_span(node)
+thread_local! {
+    /// The whole-node rendering of each [`error_at`] error, by message: darling keeps one span per
+    /// error (the node's first token), `syn::Error::new_spanned` keeps its first and last.
+    static SPANNED: RefCell<Vec<(String, TokenStream)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An error spanned over all of `node` (`&Website`, `impl<C> …`, `std::result::Result<…>`
+/// underlined whole, not only their first token, once written with [`write_errors`]), in rustc's
+/// voice (the caller writes the message).
+pub(crate) fn error_at(node: &impl ToTokens, message: impl std::fmt::Display) -> Error {
+    let message = message.to_string();
+    let whole = syn::Error::new_spanned(node, &message).to_compile_error();
+    SPANNED.with(|spanned| spanned.borrow_mut().push((message.clone(), whole)));
+    Error::custom(message).with_span(&node.to_token_stream())
+}
+
+/// The errors as `compile_error!`s, each [`error_at`] one over its whole node.
+pub(crate) fn write_errors(errors: Error) -> TokenStream {
+    let mut tokens = TokenStream::new();
+    for error in errors.flatten() {
+        let message = error.to_string();
+        let whole = SPANNED.with(|spanned| {
+            let mut spanned = spanned.borrow_mut();
+            let index = spanned.iter().position(|(text, _)| *text == message)?;
+            Some(spanned.remove(index).1)
+        });
+        tokens.extend(whole.unwrap_or_else(|| error.write_errors()));
+    }
+    forget_errors();
+    tokens
+}
+
+/// Drops what [`error_at`] recorded (at the start and end of each expansion).
+pub(crate) fn forget_errors() {
+    SPANNED.with(|spanned| spanned.borrow_mut().clear());
+}
+
+/// An error at one span (a delimiter, a position), for what is not a syntax node.
+pub(crate) fn error_at_span(span: Span, message: impl std::fmt::Display) -> Error {
+    Error::custom(message).with_span(&span)
 }
 
 /// The closest of `candidates` to `word`, if it is close enough to be a plausible typo.

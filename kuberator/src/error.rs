@@ -275,6 +275,29 @@ impl From<kube::Error> for Error {
     }
 }
 
+/// `?` on a `serde_json::Error` in a handler (building a patch, reading a field): retried with
+/// backoff, reason `SerializationFailed`; the error stays reachable with
+/// [`Error::downcast_ref`].
+impl From<serde_json::Error> for Error {
+    fn from(source: serde_json::Error) -> Self {
+        Error::handler(source)
+    }
+}
+
+impl ClassifyError for serde_json::Error {
+    fn reason(&self) -> Cow<'static, str> {
+        Cow::Borrowed("SerializationFailed")
+    }
+}
+
+/// `?` on a boxed error (`Box<dyn Error + Send + Sync>`, what many client libraries return) in a
+/// handler: retried with backoff, reason `Error`, reachable with [`Error::downcast_ref`].
+impl From<Box<dyn std::error::Error + Send + Sync + 'static>> for Error {
+    fn from(source: Box<dyn std::error::Error + Send + Sync + 'static>) -> Self {
+        Error::Anyhow(anyhow::Error::from_boxed(source))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,5 +360,23 @@ mod tests {
         };
         assert_eq!(namespaced.to_string(), "Website shop/a");
         assert_eq!(cluster.to_string(), "Website a");
+    }
+
+    #[test]
+    fn serde_and_boxed_errors_convert_with_question_mark() {
+        fn parse() -> Result<i32> {
+            Ok(serde_json::from_str::<i32>("not json")?)
+        }
+        fn boxed() -> Result<()> {
+            let error: Box<dyn std::error::Error + Send + Sync> = "upstream failed".into();
+            Err(error)?
+        }
+        let error = parse().unwrap_err();
+        assert_eq!(error.reason(), "SerializationFailed");
+        assert_eq!(error.retry_policy(), RetryPolicy::Backoff);
+        assert!(error.downcast_ref::<serde_json::Error>().is_some());
+        let error = boxed().unwrap_err();
+        assert_eq!(error.retry_policy(), RetryPolicy::Backoff);
+        assert_eq!(error.to_string(), "upstream failed");
     }
 }

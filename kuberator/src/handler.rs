@@ -66,6 +66,7 @@ pub struct Ctx<R: Object> {
     repository: K8sRepository<R, StaticApiProvider<R>>,
     events: Option<EventRecorder>,
     finalizer: Option<&'static str>,
+    legacy_finalizers: Vec<&'static str>,
     namespaces: Vec<String>,
     caches: Caches,
     guard: RequestGuard,
@@ -86,6 +87,7 @@ where
             caching: None,
             events: None,
             finalizer: None,
+            legacy_finalizers: Vec::new(),
             _resource: std::marker::PhantomData,
         }
     }
@@ -132,6 +134,12 @@ impl<R: Object> Ctx<R> {
     /// The finalizer, when the operator has one.
     pub fn finalizer(&self) -> Option<&'static str> {
         self.finalizer
+    }
+
+    /// Finalizers of a previous operator that this one replaces (see
+    /// [`CtxBuilder::legacy_finalizers`]).
+    pub fn legacy_finalizers(&self) -> &[&'static str] {
+        &self.legacy_finalizers
     }
 
     /// The watched namespaces (empty: all, or the cluster scope).
@@ -277,6 +285,7 @@ pub struct CtxBuilder<R: Object> {
     caching: Option<CachingStrategy>,
     events: Option<String>,
     finalizer: Option<&'static str>,
+    legacy_finalizers: Vec<&'static str>,
     _resource: std::marker::PhantomData<fn() -> R>,
 }
 
@@ -320,6 +329,16 @@ where
         self
     }
 
+    /// Finalizers a previous operator added (e.g. before a port to kuberator): on an object that
+    /// carries one, this operator adds its own finalizer and removes the legacy ones; on an object
+    /// being deleted, a legacy finalizer counts as its own (cleanup runs, then it is removed), so
+    /// no object is left stuck in `Terminating`. Only with a finalizer.
+    #[must_use]
+    pub fn legacy_finalizers<I: IntoIterator<Item = &'static str>>(mut self, legacy: I) -> Self {
+        self.legacy_finalizers = legacy.into_iter().collect();
+        self
+    }
+
     /// Builds the context, pre-caching the API handles.
     ///
     /// # Errors
@@ -348,11 +367,52 @@ where
             client,
             name,
             finalizer: self.finalizer,
+            legacy_finalizers: self.legacy_finalizers,
             namespaces,
             caches: Caches::new(),
             guard,
         })
     }
+}
+
+/// Removes the `legacy` finalizers from `object` and adds `own` (none on an object being deleted),
+/// in one patch guarded by the object's resourceVersion (a conflict fails the reconcile, which is
+/// retried on the fresh object).
+async fn migrate_finalizers<R: Object>(
+    api: &Api<R>,
+    object: Arc<R>,
+    own: Option<&str>,
+    legacy: &[&str],
+) -> Result<Arc<R>> {
+    let mut finalizers: Vec<String> = object
+        .finalizers()
+        .iter()
+        .filter(|f| !legacy.contains(&f.as_str()))
+        .cloned()
+        .collect();
+    if let Some(own) = own {
+        if !finalizers.iter().any(|f| f == own) {
+            finalizers.push(own.to_owned());
+        }
+    }
+    let name = object.name_any();
+    let patch = Patch::Merge(serde_json::json!({
+        "metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": object.resource_version(),
+        }
+    }));
+    let updated = api
+        .patch(&name, &PatchParams::default(), &patch)
+        .await
+        .map_err(|e| {
+            Error::kube(
+                "replacing legacy finalizers on",
+                ObjectKey::of(object.as_ref()),
+                e,
+            )
+        })?;
+    Ok(Arc::new(updated))
 }
 
 struct HandlerReconciler<H>(H);
@@ -368,6 +428,27 @@ impl<R: Object, H: Handler<R>> Reconciler<R> for HandlerReconciler<H> {
                     .repository
                     .api_provider()
                     .get(object.namespace().as_deref())?;
+                let has_legacy = object
+                    .finalizers()
+                    .iter()
+                    .any(|f| ctx.legacy_finalizers.contains(&f.as_str()));
+                let has_own = object.finalizers().iter().any(|f| f == finalizer);
+                let object = match (has_legacy, object.meta().deletion_timestamp.is_some()) {
+                    (false, _) => object,
+                    // Being deleted: no finalizer may be added, the legacy one stands for ours.
+                    (true, true) if !has_own => {
+                        let action = handler.cleanup(object.clone()).await?;
+                        migrate_finalizers(&api, object, None, &ctx.legacy_finalizers).await?;
+                        return Ok(action);
+                    }
+                    (true, true) => {
+                        migrate_finalizers(&api, object, None, &ctx.legacy_finalizers).await?
+                    }
+                    (true, false) => {
+                        let own = Some(finalizer);
+                        migrate_finalizers(&api, object, own, &ctx.legacy_finalizers).await?
+                    }
+                };
                 with_finalizer(
                     &api,
                     finalizer,

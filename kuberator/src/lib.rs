@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod finalize;
 pub mod handler;
+mod into_operator;
 pub mod manifests;
 pub mod reconcile;
 pub mod repository;
@@ -25,6 +26,7 @@ pub use context::Context;
 pub use error::{ClassifyError, Error, HandlerError, ObjectKey, Result, RetryPolicy};
 pub use finalize::Finalize;
 pub use handler::{Ctx, CtxBuilder, Handler};
+pub use into_operator::IntoOperator;
 pub use kube::runtime::controller::Action;
 pub use kuberator_derive::{AsStatusError, ObserveGeneration, operator};
 pub use reconcile::Reconcile;
@@ -47,10 +49,11 @@ pub mod prelude {
 
     pub use crate::{
         Action, AsStatusError, CachingStrategy, ClassifyError, Context, Ctx, Error, Finalize,
-        FromStatusError, Handler, K8sRepository, ObjectKey, ObserveGeneration, Operator,
-        ProvideApi, Reconcile, RecordError, Result, RetryPolicy, StaticApiProvider, StatusError,
-        WithStatusError,
+        FromStatusError, Handler, IntoOperator, K8sRepository, ObjectKey, ObserveGeneration,
+        Operator, ProvideApi, Reconcile, RecordError, Result, RetryPolicy, StaticApiProvider,
+        StatusError, WithStatusError,
         events::{EmitEvent, EventData, EventRecorder, EventType, Reason},
+        operator,
     };
 }
 

@@ -10,12 +10,14 @@ use syn::parse::Parser;
 use syn::punctuated::Punctuated;
 use syn::{Expr, ExprLit, Ident, Lit, LitInt, LitStr, Meta, Path, Token, Type};
 
-use crate::util::{error_at, source, unknown};
+use crate::paths::crate_path;
+use crate::util::{error_at, error_at_span, source, unknown};
 
 /// Every key, in the order the docs list them.
-pub(crate) const KEYS: [&str; 10] = [
+pub(crate) const KEYS: [&str; 12] = [
     "resource",
     "finalizer",
+    "legacy_finalizers",
     "namespaces",
     "caching",
     "concurrency",
@@ -24,6 +26,7 @@ pub(crate) const KEYS: [&str; 10] = [
     "events",
     "leader_election",
     "health",
+    "crate",
 ];
 
 /// A value together with the key it was given under (for errors that concern the key).
@@ -38,7 +41,8 @@ pub(crate) struct Keyed<T> {
 pub(crate) struct OperatorArgs {
     pub(crate) given: Vec<String>,
     pub(crate) resource: Option<Keyed<Path>>,
-    pub(crate) finalizer: Option<Keyed<LitStr>>,
+    pub(crate) finalizer: Option<Keyed<FinalizerValue>>,
+    pub(crate) legacy_finalizers: Option<Keyed<Vec<LitStr>>>,
     pub(crate) namespaces: Option<Keyed<Vec<LitStr>>>,
     pub(crate) caching: Option<Keyed<Path>>,
     pub(crate) concurrency: Option<Keyed<LitInt>>,
@@ -47,6 +51,14 @@ pub(crate) struct OperatorArgs {
     pub(crate) events: Option<Keyed<LitStr>>,
     pub(crate) leader_election: Option<Keyed<LitStr>>,
     pub(crate) health: Option<Keyed<LitStr>>,
+    pub(crate) krate: Option<Keyed<Path>>,
+}
+
+/// `finalizer = "example.com/cleanup"`, or a path to a `&str` const (checked at compile time by
+/// a const assertion, since a macro cannot read a const's value).
+pub(crate) enum FinalizerValue {
+    Literal(LitStr),
+    Const(Path),
 }
 
 impl OperatorArgs {
@@ -105,6 +117,12 @@ impl OperatorArgs {
                 "resource" => {
                     let value = name_value(meta).and_then(|value| match value {
                         Expr::Path(p) if p.qself.is_none() => Ok(p.path.clone()),
+                        // `resource = "Website"`, as kube-derive writes its types.
+                        Expr::Lit(ExprLit {
+                            lit: Lit::Str(lit), ..
+                        }) => lit.parse::<Path>().map_err(|_| {
+                            error_at(lit, "expected the resource type, like `resource = Website`")
+                        }),
                         other => Err(error_at(
                             other,
                             "expected the resource type, like `resource = Website`",
@@ -113,8 +131,58 @@ impl OperatorArgs {
                     set(errors, &mut args.resource, path, value);
                 }
                 "finalizer" => {
-                    let value = name_value(meta).and_then(|v| string(v, "finalizer"));
+                    let value = name_value(meta).and_then(|value| match value {
+                        Expr::Lit(ExprLit {
+                            lit: Lit::Str(lit), ..
+                        }) => Ok(FinalizerValue::Literal(lit.clone())),
+                        Expr::Path(p) if p.qself.is_none() => {
+                            Ok(FinalizerValue::Const(p.path.clone()))
+                        }
+                        other => Err(error_at(
+                            other,
+                            "expected a string, like `finalizer = \"example.com/cleanup\"`, or \
+                             the path of a `&str` const",
+                        )),
+                    });
                     set(errors, &mut args.finalizer, path, value);
+                }
+                "legacy_finalizers" => {
+                    let value = list(meta).and_then(|tokens| {
+                        Punctuated::<LitStr, Token![,]>::parse_terminated
+                            .parse2(tokens)
+                            .map(|list| list.into_iter().collect())
+                            .map_err(|e| {
+                                error_at_span(
+                                    e.span(),
+                                    "expected finalizer names as strings, like \
+                                     `legacy_finalizers(\"old.example.com/cleanup\")`",
+                                )
+                            })
+                    });
+                    set(errors, &mut args.legacy_finalizers, path, value);
+                }
+                "crate" => {
+                    let value = name_value(meta).and_then(crate_path);
+                    set(errors, &mut args.krate, path, value);
+                }
+                "namespace" => {
+                    errors.push(error_at(
+                        meta,
+                        "unknown key `namespace`: write `namespaces(\"shop\")` to watch only some \
+                         namespaces (a list, even for one)",
+                    ));
+                    continue;
+                }
+                "namespaced" | "cluster_scoped" | "scope" => {
+                    errors.push(error_at(
+                        meta,
+                        format!(
+                            "unknown key `{key}`: the scope comes from the resource \
+                             (`#[kube(namespaced)]` on its spec), the operator follows it; \
+                             `namespaces(\"shop\")` limits the namespaces watched"
+                        ),
+                    ));
+                    continue;
                 }
                 "namespaces" => {
                     let value = list(meta).and_then(|tokens| {
@@ -122,8 +190,8 @@ impl OperatorArgs {
                             .parse2(tokens)
                             .map(|list| list.into_iter().collect())
                             .map_err(|e| {
-                                error_at(
-                                    &e.span(),
+                                error_at_span(
+                                    e.span(),
                                     "expected namespace names as strings, like \
                                                       `namespaces(\"default\", \"shop\")`",
                                 )
@@ -159,8 +227,8 @@ impl OperatorArgs {
                             .parse2(tokens)
                             .map(|list| list.into_iter().collect())
                             .map_err(|e| {
-                                error_at(
-                                    &e.span(),
+                                error_at_span(
+                                    e.span(),
                                     "expected child types, like `owns(ConfigMap, Service)`",
                                 )
                             })
@@ -266,6 +334,8 @@ pub(crate) fn example(key: &str) -> Option<&'static str> {
     Some(match key {
         "resource" => "resource = Website",
         "finalizer" => "finalizer = \"example.com/cleanup\"",
+        "legacy_finalizers" => "legacy_finalizers(\"old.example.com/cleanup\")",
+        "crate" => "crate = kr",
         "namespaces" => "namespaces(\"default\", \"shop\")",
         "caching" => "caching = Strict",
         "concurrency" => "concurrency = 8",

@@ -1,46 +1,92 @@
 //! Code generation from the validated [`Operator`] model.
+//!
+//! Everything generated sits in one anonymous `const _: () = { … };` block, so nothing it names
+//! can clash with the user's items, and names the resource only through a local trait,
+//! `Reconciled`, whose one bound (`Website: Reconciled`, spanned on the `resource = …` token) is
+//! the where clause of every generated item. A type that is not a resource kuberator can reconcile
+//! is then one error, there, with a message written for it; the bodies are checked under that
+//! bound and add nothing. The same goes for the handler's `Send + Sync + 'static`.
 
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{ItemImpl, Path};
+use syn::{ItemImpl, Path, Type};
 
-use super::model::{HandlerFn, Operator};
-use crate::paths::kuberator;
+use super::model::{Finalizer, HandlerFn, Operator};
+use crate::paths::Root;
 use crate::util::path_tail;
+
+/// A span at the user's token that resolves like the macro's own code: errors land on the token,
+/// lints (`clippy::absolute_paths`, …) see generated code (an expansion) and stay quiet, and
+/// generated locals (`object`, `result`) still resolve.
+fn at(span: Span) -> Span {
+    span.resolved_at(Span::call_site())
+}
 
 /// Everything generated next to the user's impl block.
 pub(crate) fn operator(op: &Operator) -> TokenStream {
-    let root = kuberator(Span::call_site());
+    let root = op.root.call_site();
     let private = quote!(#root::__private);
     let handler = &op.handler;
     let resource = &op.resource;
-    let operator_ty = format_ident!("{}Operator", handler);
-    let repository_ty = format_ident!("{}Repository", handler);
+    let resource_span = at(resource.span());
+    // The resource as generated code names it: `<Website as Reconciled>::Object`.
+    let object = quote_spanned!(resource_span=> <#resource as Reconciled>::Object);
+    let reconciled = reconciled_trait(op, resource_span);
+    // The bounds every generated item carries, spanned so that their errors are one each.
+    let handler_span = at(handler.span());
+    let resource_bound = quote_spanned!(resource_span=> #resource: Reconciled);
+    let handler_bound = quote_spanned! {handler_span=>
+        #handler: ::core::marker::Send + ::core::marker::Sync + 'static
+    };
+    let bounds = quote!(where #resource_bound, #handler_bound,);
 
-    let apply = forward(op, &op.apply, "apply");
+    let apply = forward(op, &op.apply, "apply", &object);
     let cleanup = op
         .cleanup
         .as_ref()
-        .map(|cleanup| forward(op, cleanup, "cleanup"));
+        .map(|cleanup| forward(op, cleanup, "cleanup", &object));
 
     // The context: namespaces, caching, events, finalizer.
     let namespaces = op.namespaces.as_ref().map(|namespaces| {
         let names = namespaces.names.iter().map(|namespace| namespace.as_str());
         quote!(.namespaces([#(#names),*]))
     });
-    let caching = format_ident!("{}", op.caching.variant());
+    let caching = match &op.caching_path {
+        // As written (`CachingStrategy::Strict`): the user's import counts, a wrong path is
+        // rustc's error at it.
+        Some(path) => quote_spanned!(path.span()=> #path),
+        None => {
+            let variant = format_ident!("{}", op.caching.variant());
+            quote!(#root::CachingStrategy::#variant)
+        }
+    };
     let events = op.events.as_ref().map(|events| {
         let component = events.as_str();
         quote!(.events(#component))
     });
-    let finalizer = match &op.finalizer {
-        Some(finalizer) => {
-            let name = finalizer.as_str();
-            quote!(::core::option::Option::Some(#name))
+    let (finalizer, finalizer_check) = match &op.finalizer {
+        Some(Finalizer::Name(name)) => {
+            let name = name.as_str();
+            (quote!(::core::option::Option::Some(#name)), None)
         }
-        None => quote!(::core::option::Option::None),
+        Some(Finalizer::Const(path)) => {
+            // A macro cannot read a const: check its value at compile time instead.
+            let span = at(path.span());
+            let check_root = op.root.at(span);
+            (
+                quote!(::core::option::Option::Some(#path)),
+                Some(quote_spanned! {span=>
+                    const _: () = #check_root::__private::check_finalizer(#path);
+                }),
+            )
+        }
+        None => (quote!(::core::option::Option::None), None),
     };
+    let legacy = (!op.legacy_finalizers.is_empty()).then(|| {
+        let names = op.legacy_finalizers.iter().map(|name| name.as_str());
+        quote!(.legacy_finalizers([#(#names),*]))
+    });
 
     // The runner: concurrency, label selector, owned kinds (spanned: bounds land on the child).
     let concurrency = proc_macro2::Literal::u16_unsuffixed(op.concurrency.0);
@@ -48,10 +94,11 @@ pub(crate) fn operator(op: &Operator) -> TokenStream {
         let selector = labels.as_str();
         quote!(.label_selector(#selector))
     });
-    let owns = op
+    let owns: Vec<TokenStream> = op
         .owns
         .iter()
-        .map(|child| quote_spanned!(child.span()=> .owns::<#child>()));
+        .map(|child| quote_spanned!(at(child.span())=> .owns::<#child>()))
+        .collect();
 
     // Production: leader election, the health endpoint, and the RBAC the keys imply.
     let leader_election = op.leader_election.as_ref().map(|lease| {
@@ -72,16 +119,8 @@ pub(crate) fn operator(op: &Operator) -> TokenStream {
             })
         }
     });
-    let rbac_namespaces = op.namespaces.as_ref().map(|namespaces| {
-        let names = namespaces.names.iter().map(|namespace| namespace.as_str());
-        quote!(.namespaces([#(#names),*]))
-    });
     let rbac_finalizer = op.finalizer.is_some();
     let rbac_events = op.events.is_some();
-    let rbac_owns = op
-        .owns
-        .iter()
-        .map(|child| quote_spanned!(child.span()=> .owns::<#child>()));
     let rbac_lease = op.leader_election.as_ref().map(|lease| {
         let lease = lease.as_str();
         quote! {
@@ -94,153 +133,205 @@ pub(crate) fn operator(op: &Operator) -> TokenStream {
             );
         }
     });
-    let assertions = assertions(op);
-    let operator_doc = format!(
-        " The operator generated by `#[kuberator::operator]` for `{handler}`: the handler and its \
-         context. Built by `{handler}::operator`."
-    );
-    let repository_doc = format!(" The repository the `{handler}` operator writes through.");
+    let namespaced = namespaced_assertion(op);
 
     quote! {
-        #[doc = #operator_doc]
-        #[allow(unreachable_pub)]
-        pub struct #operator_ty {
-            handler: #handler,
-            ctx: #root::Ctx<#resource>,
-        }
+        #[allow(unused_qualifications, clippy::all, clippy::pedantic, clippy::nursery)]
+        const _: () = {
+            #reconciled
 
-        #[#private::async_trait::async_trait]
-        #[automatically_derived]
-        impl #root::Handler<#resource> for #operator_ty {
-            fn ctx(&self) -> &#root::Ctx<#resource> {
-                &self.ctx
+            /// The operator generated by `#[kuberator::operator]`: the handler and its context.
+            struct HandlerOperator #bounds {
+                handler: #handler,
+                ctx: #root::Ctx<#object>,
             }
 
-            #apply
+            #[automatically_derived]
+            impl #root::Handler<#object> for HandlerOperator #bounds {
+                fn ctx(&self) -> &#root::Ctx<#object> {
+                    &self.ctx
+                }
 
-            #cleanup
+                #apply
 
-            async fn on_error(
-                &self,
-                object: ::std::sync::Arc<#resource>,
-                error: &#root::Error,
-            ) {
-                // Records the error in status when the status supports it (`RecordError`).
-                #[allow(unused_imports)]
-                use #private::{RecordNothing as _, RecordViaStatus as _};
-                (&#private::StatusProbe::<#resource>::new())
-                    .record(&self.ctx, &object, error)
-                    .await;
+                #cleanup
+
+                fn on_error<'life0, 'life1, 'async_trait>(
+                    &'life0 self,
+                    object: ::std::sync::Arc<#object>,
+                    error: &'life1 #root::Error,
+                ) -> ::core::pin::Pin<::std::boxed::Box<
+                    dyn ::core::future::Future<Output = ()> + ::core::marker::Send + 'async_trait,
+                >>
+                where
+                    'life0: 'async_trait,
+                    'life1: 'async_trait,
+                    Self: 'async_trait,
+                {
+                    ::std::boxed::Box::pin(async move {
+                        // Records the error in status when the status supports it
+                        // (`RecordError`; `#[derive(ObserveGeneration)]` with an error slot
+                        // requires `Default`, so this cannot fall through silently).
+                        #[allow(unused_imports)]
+                        use #private::{RecordNothing as _, RecordViaStatus as _};
+                        (&#private::StatusProbe::<#object>::new())
+                            .record(&self.ctx, &object, error)
+                            .await;
+                    })
+                }
             }
-        }
 
-        #[doc = #repository_doc]
-        #[allow(dead_code, private_interfaces, unreachable_pub)]
-        pub type #repository_ty = #root::K8sRepository<#resource, #root::StaticApiProvider<#resource>>;
+            #[automatically_derived]
+            impl #root::IntoOperator for #handler #bounds {
+                type Resource = #object;
 
-        #[allow(private_interfaces, unreachable_pub)]
-        impl #handler {
-            /// Builds the operator (the context and its pre-cached API handles) without starting
-            /// it; generated by `#[kuberator::operator]`.
-            ///
-            /// # Errors
-            /// When the context cannot be built.
-            pub fn operator(
-                self,
-                client: #private::kube::Client,
-            ) -> #root::Result<#root::Operator<#resource>> {
-                let ctx = #root::Ctx::<#resource>::builder(::core::clone::Clone::clone(&client))
-                    #namespaces
-                    .caching(#root::CachingStrategy::#caching)
-                    #events
-                    .finalizer(#finalizer)
-                    .build()?;
-                ::core::result::Result::Ok(
-                    #root::Operator::new(#operator_ty { handler: self, ctx })
-                        .concurrency(#concurrency)
-                        #labels
+                fn operator(
+                    self,
+                    client: #private::kube::Client,
+                ) -> #root::Result<#root::Operator<#object>> {
+                    let ctx = #root::Ctx::<#object>::builder(::core::clone::Clone::clone(&client))
+                        #namespaces
+                        .caching(#caching)
+                        #events
+                        .finalizer(#finalizer)
+                        #legacy
+                        .build()?;
+                    ::core::result::Result::Ok(
+                        #root::Operator::new(HandlerOperator { handler: self, ctx })
+                            .concurrency(#concurrency)
+                            #labels
+                            #(#owns)*
+                            #leader_election
+                            #health
+                    )
+                }
+
+                fn rbac_options() -> #root::manifests::RbacOptions {
+                    #root::manifests::RbacOptions::new(
+                        #root::handler::operator_name::<#object>(),
+                    )
+                        #namespaces
+                        .finalizer(#rbac_finalizer)
+                        .events(#rbac_events)
                         #(#owns)*
-                        #leader_election
-                        #health
-                )
+                }
+
+                async fn run(self, client: #private::kube::Client) -> #root::Result<()> {
+                    let options = <Self as #root::IntoOperator>::rbac_options();
+                    #rbac_lease
+                    let rbac = #root::manifests::rbac_rules_for::<#object>(&options);
+                    <Self as #root::IntoOperator>::operator(self, client)?
+                        .check_permissions(rbac)
+                        .shutdown_on_signal()
+                        .run()
+                        .await
+                }
             }
 
-            /// The least-privilege RBAC this operator needs, from its keys (the resource, its
-            /// status and finalizers, owned kinds, events, the Lease); generated by
-            /// `#[kuberator::operator]`. Print it with
-            /// `kuberator::manifests::to_yaml::<R>(&rbac)`.
-            pub fn rbac_options() -> #root::manifests::RbacOptions {
-                #root::manifests::RbacOptions::new(#root::handler::operator_name::<#resource>())
-                    #rbac_namespaces
-                    .finalizer(#rbac_finalizer)
-                    .events(#rbac_events)
-                    #(#rbac_owns)*
-            }
-
-            /// Checks the operator's permissions (failing with every missing one), then runs it
-            /// until SIGTERM or SIGINT and lets in-flight reconciles finish; generated by
-            /// `#[kuberator::operator]`.
-            ///
-            /// # Errors
-            /// When the operator cannot start.
-            pub async fn run(self, client: #private::kube::Client) -> #root::Result<()> {
-                let options = Self::rbac_options();
-                #rbac_lease
-                let rbac = #root::manifests::rbac_rules_for::<#resource>(&options);
-                self.operator(client)?
-                    .check_permissions(rbac)
-                    .shutdown_on_signal()
-                    .run()
-                    .await
-            }
-        }
-
-        #assertions
+            #namespaced
+            #finalizer_check
+        };
     }
 }
 
-/// `async fn apply/cleanup` of the `Handler` impl, forwarding to the user's method.
-fn forward(op: &Operator, function: &HandlerFn, name: &str) -> TokenStream {
-    let root = kuberator(Span::call_site());
+/// The local trait every generated item names the resource through; its `on_unimplemented`
+/// message is the one error for a type that is not a resource kuberator can reconcile.
+fn reconciled_trait(op: &Operator, span: Span) -> TokenStream {
+    let root = op.root.call_site();
+    let private = quote!(#root::__private);
+    let name = op
+        .resource
+        .segments
+        .last()
+        .map(|segment| segment.ident.to_string())
+        .unwrap_or_default();
+    let message = format!("`{name}` is not a resource kuberator can reconcile");
+    let label = match name.strip_suffix("Spec") {
+        Some(kind) if !kind.is_empty() => format!(
+            "`#[derive(CustomResource)]` on `{name}` generates `{kind}`: write `resource = {kind}`"
+        ),
+        _ => format!("`{name}` is not a Kubernetes resource"),
+    };
+    let note = "`resource = …` names a typed Kubernetes object: the kind a \
+                `#[derive(CustomResource)]` generates (not its spec), or a `k8s_openapi` type; it \
+                must be `Clone + Debug + Serialize + DeserializeOwned` with `DynamicType = ()`";
+    quote_spanned! {span=>
+        // `pub` only because `IntoOperator::Resource` names it; unnameable in this `const _`.
+        #[diagnostic::on_unimplemented(message = #message, label = #label, note = #note)]
+        #[allow(unreachable_pub)]
+        pub trait Reconciled {
+            type Object: #root::finalize::Object
+                + #private::kube::Resource<Scope: #root::cache::ApiScope>;
+            fn object(object: ::std::sync::Arc<Self::Object>) -> ::std::sync::Arc<Self>;
+            fn ctx(ctx: &#root::Ctx<Self::Object>) -> &#root::Ctx<Self>
+            where
+                Self: #root::finalize::Object;
+        }
+
+        impl<T> Reconciled for T
+        where
+            T: #root::finalize::Object,
+            <T as #private::kube::Resource>::Scope: #root::cache::ApiScope,
+        {
+            type Object = T;
+            fn object(object: ::std::sync::Arc<T>) -> ::std::sync::Arc<T> {
+                object
+            }
+            fn ctx(ctx: &#root::Ctx<T>) -> &#root::Ctx<T> {
+                ctx
+            }
+        }
+    }
+}
+
+/// `apply` / `cleanup` of the `Handler` impl (as `async_trait` declares them, with every path
+/// absolute), forwarding to the user's method.
+fn forward(op: &Operator, function: &HandlerFn, name: &str, object: &TokenStream) -> TokenStream {
+    let root = op.root.call_site();
     let resource = &op.resource;
     let method = format_ident!("{}", name);
     let user_method = &function.ident;
-    let object = quote_spanned!(function.object_ty.span()=> object);
-    let ctx = function.takes_ctx.then(|| quote!(, &self.ctx));
+    let argument = quote_spanned!(at(function.object_ty.span())=>
+        <#resource as Reconciled>::object(object)
+    );
+    let ctx = function
+        .takes_ctx
+        .then(|| quote!(, <#resource as Reconciled>::ctx(&self.ctx)));
     let output = &function.output;
     // Spanned on the user's return type: an error type without `Into<kuberator::Error>` is
     // reported there.
-    let convert = quote_spanned! {output.span()=>
-        ::core::result::Result::map_err(result, ::core::convert::Into::into)
+    let convert_root = op.root.at(at(output.span()));
+    let convert = quote_spanned! {at(output.span())=>
+        #convert_root::__private::into_result(result)
     };
     quote! {
-        #[allow(clippy::useless_conversion)]
-        async fn #method(
-            &self,
-            object: ::std::sync::Arc<#resource>,
-        ) -> #root::Result<#root::Action> {
-            let result: #output = self.handler.#user_method(#object #ctx).await;
-            #convert
+        fn #method<'life0, 'async_trait>(
+            &'life0 self,
+            object: ::std::sync::Arc<#object>,
+        ) -> ::core::pin::Pin<::std::boxed::Box<
+            dyn ::core::future::Future<Output = #root::Result<#root::Action>>
+                + ::core::marker::Send
+                + 'async_trait,
+        >>
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            ::std::boxed::Box::pin(async move {
+                let result: #output = self.handler.#user_method(#argument #ctx).await;
+                #convert
+            })
         }
     }
 }
 
-/// Compile-time checks whose failures rustc reports on the user's tokens.
-fn assertions(op: &Operator) -> TokenStream {
+/// With `namespaces(...)`: the resource must be namespaced, asserted on the key.
+fn namespaced_assertion(op: &Operator) -> Option<TokenStream> {
     let resource = &op.resource;
     let resource_name = resource_name(resource);
-    let object = {
-        let root = kuberator(resource.span());
-        quote_spanned! {resource.span()=>
-            const _: fn() = || {
-                fn resource<R: #root::finalize::Object>() {}
-                resource::<#resource>();
-            };
-        }
-    };
-    let namespaced = op.namespaces.as_ref().map(|namespaces| {
-        let span = namespaces.key.span();
-        let root = kuberator(span);
+    op.namespaces.as_ref().map(|namespaces| {
+        let span = at(namespaces.key.span());
+        let root = op.root.at(span);
         let message = format!(
             "`namespaces(...)` needs a namespaced resource, but `{resource_name}` is cluster-scoped"
         );
@@ -255,14 +346,10 @@ fn assertions(op: &Operator) -> TokenStream {
                 trait NamespacedScope {}
                 impl NamespacedScope for #root::__private::k8s_openapi::NamespaceResourceScope {}
                 fn namespaced<S: NamespacedScope>() {}
-                namespaced::<<#resource as #root::__private::kube::Resource>::Scope>();
+                namespaced::<<<#resource as Reconciled>::Object as #root::__private::kube::Resource>::Scope>();
             };
         }
-    });
-    quote! {
-        #object
-        #namespaced
-    }
+    })
 }
 
 /// `Website` for `crate::api::Website`.
@@ -274,10 +361,11 @@ fn resource_name(resource: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Items that keep the rest of the crate compiling while the errors are shown: the generated
-/// methods and type alias, with unreachable bodies.
-pub(crate) fn dummy(item: &ItemImpl, resource: Option<&Path>) -> TokenStream {
-    let root = kuberator(Span::call_site());
+/// Items that keep the rest of the crate compiling while the errors are shown: `IntoOperator`
+/// with unreachable bodies, for the resource the handler names (so that a wrong `resource = …`
+/// is not reported again here).
+pub(crate) fn dummy(item: &ItemImpl, resource: Option<&Type>, root: &Root) -> TokenStream {
+    let root = root.call_site();
     let private = quote!(#root::__private);
     let Some((handler, args)) = path_tail(&item.self_ty) else {
         return TokenStream::new();
@@ -285,32 +373,27 @@ pub(crate) fn dummy(item: &ItemImpl, resource: Option<&Path>) -> TokenStream {
     if !args.is_empty() || item.trait_.is_some() || !item.generics.params.is_empty() {
         return TokenStream::new();
     }
-    let repository_ty = format_ident!("{}Repository", handler);
-    let with_resource = resource.map(|resource| {
-        quote! {
-            #[allow(dead_code, private_interfaces, unreachable_pub)]
-            pub type #repository_ty =
-                #root::K8sRepository<#resource, #root::StaticApiProvider<#resource>>;
-
-            #[allow(dead_code, private_interfaces, unreachable_pub)]
-            impl #handler {
-                pub fn operator(
+    let Some(resource) = resource else {
+        return TokenStream::new();
+    };
+    quote! {
+        #[allow(dead_code, unreachable_pub)]
+        const _: () = {
+            impl #root::IntoOperator for #handler {
+                type Resource = #resource;
+                fn operator(
                     self,
                     _client: #private::kube::Client,
                 ) -> #root::Result<#root::Operator<#resource>> {
                     ::core::unreachable!()
                 }
+                fn rbac_options() -> #root::manifests::RbacOptions {
+                    ::core::unreachable!()
+                }
+                async fn run(self, _client: #private::kube::Client) -> #root::Result<()> {
+                    ::core::unreachable!()
+                }
             }
-        }
-    });
-    quote! {
-        #with_resource
-
-        #[allow(dead_code, unreachable_pub)]
-        impl #handler {
-            pub async fn run(self, _client: #private::kube::Client) -> #root::Result<()> {
-                ::core::unreachable!()
-            }
-        }
+        };
     }
 }

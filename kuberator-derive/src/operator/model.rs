@@ -2,13 +2,15 @@
 //! check passed (a [`FinalizerName`] is a qualified name, a [`Namespace`] a DNS-1123 label, …).
 
 use darling::Error;
-use proc_macro2::Span;
+use proc_macro2::{Span, TokenStream, TokenTree};
+use quote::ToTokens;
 use syn::{
-    FnArg, Ident, ImplItem, ImplItemFn, ItemImpl, LitStr, Path, ReceiverKind, ReturnType, Type,
+    FnArg, Ident, ImplItem, ImplItemFn, ItemImpl, LitStr, Pat, Path, ReceiverKind, ReturnType, Type,
 };
 
-use super::args::{Keyed, OperatorArgs};
-use crate::util::{error_at, path_tail, peel, source, unknown};
+use super::args::{FinalizerValue, Keyed, OperatorArgs};
+use crate::paths::Root;
+use crate::util::{did_you_mean, error_at, error_at_span, path_tail, peel, source, unknown};
 
 /// A validated `#[kuberator::operator(...)] impl Handler { ... }`.
 pub(crate) struct Operator {
@@ -16,10 +18,16 @@ pub(crate) struct Operator {
     pub(crate) handler: Ident,
     /// The resource, e.g. `Website`.
     pub(crate) resource: Path,
-    pub(crate) finalizer: Option<FinalizerName>,
+    /// The runtime crate's path (`crate = …`).
+    pub(crate) root: Root,
+    pub(crate) finalizer: Option<Finalizer>,
+    /// Finalizers of a previous operator, removed when this one adds its own.
+    pub(crate) legacy_finalizers: Vec<FinalizerName>,
     pub(crate) namespaces: Option<Namespaces>,
     /// As written, or the default (see [`Caching::default_for`]).
     pub(crate) caching: Caching,
+    /// The strategy's path when written with a prefix (`CachingStrategy::Strict`), emitted as is.
+    pub(crate) caching_path: Option<Path>,
     pub(crate) concurrency: Concurrency,
     pub(crate) owns: Vec<Type>,
     pub(crate) labels: Option<LabelSelector>,
@@ -43,7 +51,20 @@ impl Operator {
     ) -> Option<Self> {
         let finalizer_given = args.was_given("finalizer");
         let handler = errors.handle(handler_ident(item));
+        let root = Root::new(args.krate.as_ref().map(|keyed| keyed.value.clone()));
         let resource = match args.resource {
+            Some(resource) if is_dynamic(&resource.value) => {
+                errors.push(error_at(
+                    &resource.value,
+                    format!(
+                        "dynamic objects are not supported: `{}` has no compile-time kind; name a \
+                         typed resource, like a `#[derive(CustomResource)]` kind or a \
+                         `k8s_openapi` type",
+                        source(&resource.value)
+                    ),
+                ));
+                None
+            }
             Some(resource) => Some(resource.value),
             None if args.was_given("resource") => None,
             None => {
@@ -57,12 +78,45 @@ impl Operator {
                 None
             }
         };
-        let finalizer = args
-            .finalizer
-            .and_then(|keyed| errors.handle(FinalizerName::new(&keyed.value)));
+        let finalizer = args.finalizer.and_then(|keyed| match keyed.value {
+            FinalizerValue::Literal(lit) => {
+                errors.handle(FinalizerName::new(&lit)).map(Finalizer::Name)
+            }
+            FinalizerValue::Const(path) => Some(Finalizer::Const(path)),
+        });
+        let legacy_finalizers = match args.legacy_finalizers {
+            Some(keyed) if keyed.value.is_empty() => {
+                errors.push(error_at(
+                    &keyed.key,
+                    "`legacy_finalizers()` is empty: list the finalizers a previous operator \
+                     added, like `legacy_finalizers(\"old.example.com/cleanup\")`, or remove it",
+                ));
+                Vec::new()
+            }
+            Some(keyed) => {
+                if !finalizer_given {
+                    errors.push(error_at(
+                        &keyed.key,
+                        "`legacy_finalizers(...)` are replaced by this operator's own finalizer: \
+                         add `finalizer = \"example.com/cleanup\"`",
+                    ));
+                }
+                keyed
+                    .value
+                    .iter()
+                    .filter_map(|lit| errors.handle(FinalizerName::new(lit)))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
         let namespaces = args
             .namespaces
             .and_then(|keyed| errors.handle(Namespaces::new(keyed)));
+        let caching_path = args
+            .caching
+            .as_ref()
+            .filter(|keyed| keyed.value.segments.len() > 1)
+            .map(|keyed| keyed.value.clone());
         let caching = match args.caching {
             Some(keyed) => errors.handle(Caching::new(&keyed.value)),
             None => Some(Caching::default_for(namespaces.is_some())),
@@ -103,6 +157,7 @@ impl Operator {
             .map(|segment| segment.ident.clone());
         let expected = Expected {
             resource: resource_name,
+            key: resource.clone(),
         };
         let find = |name: &str| {
             item.items.iter().find_map(|item| match item {
@@ -115,6 +170,28 @@ impl Operator {
         let apply = match find("apply") {
             Some(function) => errors.handle(HandlerFn::new(function, &expected)),
             None if !inherent => None,
+            None if find_near(
+                item,
+                &["reconcile", "reconcile_apply", "update", "handle", "sync"],
+                "apply",
+            )
+            .is_some() =>
+            {
+                if let Some(function) = find_near(
+                    item,
+                    &["reconcile", "reconcile_apply", "update", "handle", "sync"],
+                    "apply",
+                ) {
+                    errors.push(error_at(
+                        &function.sig.ident,
+                        format!(
+                            "rename `{}` to `apply`: the operator calls `apply` for every change",
+                            function.sig.ident
+                        ),
+                    ));
+                }
+                None
+            }
             None => {
                 errors.push(error_at(
                     &item.self_ty,
@@ -140,13 +217,28 @@ impl Operator {
                 ));
                 None
             }
+            (None, Some(_))
+                if inherent && find_near(item, &CLEANUP_NEAR_MISSES, "cleanup").is_some() =>
+            {
+                if let Some(function) = find_near(item, &CLEANUP_NEAR_MISSES, "cleanup") {
+                    errors.push(error_at(
+                        &function.sig.ident,
+                        format!(
+                            "rename `{}` to `cleanup`: with a finalizer the operator calls \
+                             `cleanup` when the object is being deleted",
+                            function.sig.ident
+                        ),
+                    ));
+                }
+                None
+            }
             (None, Some(finalizer)) if inherent => {
                 errors.push(error_at(
-                    &finalizer.span,
+                    &finalizer.node(),
                     format!(
-                        "finalizer `{}` needs a cleanup handler: add `async fn cleanup(&self, \
+                        "finalizer {} needs a cleanup handler: add `async fn cleanup(&self, \
                          object: Arc<{}>) -> Result<Action>`",
-                        finalizer.as_str(),
+                        finalizer.describe(),
                         expected.resource()
                     ),
                 ));
@@ -155,15 +247,36 @@ impl Operator {
             (None, _) => None,
         };
 
+        // `ctx.emit(...)` without `events = …` would do nothing: say so where it is called.
+        if events.is_none() && !args_events_given(&args.given) {
+            for function in [apply.as_ref(), cleanup.as_ref()].into_iter().flatten() {
+                if let Some(ctx) = &function.ctx_ident {
+                    if let Some(body) = find(&function.ident.to_string()).map(|f| &f.block) {
+                        if let Some(emit) = find_method_call(body.to_token_stream(), ctx, "emit") {
+                            errors.push(error_at(
+                                &emit,
+                                "`emit` does nothing without an event recorder: add \
+                                 `events = \"website-operator\"` (the reporting component) to \
+                                 `#[kuberator::operator(...)]`",
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+
         // Every `None` here comes with an error in `errors`.
         match (handler, resource, caching, concurrency, apply) {
             (Some(handler), Some(resource), Some(caching), Some(concurrency), Some(apply)) => {
                 Some(Operator {
                     handler,
                     resource,
+                    root,
                     finalizer,
+                    legacy_finalizers,
                     namespaces,
                     caching,
+                    caching_path,
                     concurrency,
                     owns,
                     labels,
@@ -177,6 +290,66 @@ impl Operator {
             _ => None,
         }
     }
+}
+
+/// Names users reach for instead of `cleanup`.
+const CLEANUP_NEAR_MISSES: [&str; 6] = [
+    "finalize",
+    "clean_up",
+    "delete",
+    "on_delete",
+    "cleanup_apply",
+    "finalise",
+];
+
+/// Whether `events = …` was written (well-formed or not).
+fn args_events_given(given: &[String]) -> bool {
+    given.iter().any(|key| key == "events")
+}
+
+/// A method of the block named like `target` (one of `names`, or a near spelling of `target`).
+fn find_near<'a>(item: &'a ItemImpl, names: &[&str], target: &str) -> Option<&'a ImplItemFn> {
+    item.items.iter().find_map(|item| match item {
+        ImplItem::Fn(function) => {
+            let name = function.sig.ident.to_string();
+            let near = names.contains(&name.as_str())
+                || (name != target && did_you_mean(&name, &[target]).is_some());
+            near.then_some(function)
+        }
+        _ => None,
+    })
+}
+
+/// The `method` token of the first `receiver.method(` in `tokens`.
+fn find_method_call(tokens: TokenStream, receiver: &Ident, method: &str) -> Option<Ident> {
+    let trees: Vec<TokenTree> = tokens.into_iter().collect();
+    for (i, tree) in trees.iter().enumerate() {
+        match tree {
+            TokenTree::Group(group) => {
+                if let Some(found) = find_method_call(group.stream(), receiver, method) {
+                    return Some(found);
+                }
+            }
+            TokenTree::Ident(ident) if ident == receiver => {
+                if let (Some(TokenTree::Punct(dot)), Some(TokenTree::Ident(name))) =
+                    (trees.get(i + 1), trees.get(i + 2))
+                {
+                    if dot.as_char() == '.' && name == method {
+                        return Some(name.clone());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// `DynamicObject` (kube's untyped object), by its last path segment.
+fn is_dynamic(path: &Path) -> bool {
+    path.segments
+        .last()
+        .is_some_and(|segment| segment.ident == "DynamicObject")
 }
 
 /// The handler type's name, from `impl Websites { … }`.
@@ -219,6 +392,8 @@ fn handler_ident(item: &ItemImpl) -> darling::Result<Ident> {
 /// What the handler signatures must mention.
 struct Expected {
     resource: Option<Ident>,
+    /// The `resource = …` value, where a disagreement with a handler is reported.
+    key: Option<Path>,
 }
 
 impl Expected {
@@ -249,6 +424,8 @@ pub(crate) struct HandlerFn {
     pub(crate) object_ty: Type,
     /// The return type, `Result<Action>` as written.
     pub(crate) output: Type,
+    /// The context argument's name, when it is a plain binding (`ctx`).
+    pub(crate) ctx_ident: Option<Ident>,
 }
 
 impl HandlerFn {
@@ -301,16 +478,20 @@ impl HandlerFn {
             Some(FnArg::Typed(arg)) => errors.handle(object_type(&arg.ty, expected, &name)),
             Some(FnArg::Receiver(_)) => None,
             None => {
-                errors.push(error_at(
-                    &sig.paren_token.span.join(),
+                errors.push(error_at_span(
+                    sig.paren_token.span.join(),
                     format!("`{name}` must take the object: write {shape}"),
                 ));
                 None
             }
         };
+        let mut ctx_ident = None;
         let takes_ctx = match inputs.next() {
             Some(FnArg::Typed(arg)) => {
                 errors.handle(ctx_type(&arg.ty, expected, &name));
+                if let Pat::Ident(binding) = &*arg.pat {
+                    ctx_ident = Some(binding.ident.clone());
+                }
                 true
             }
             Some(FnArg::Receiver(_)) | None => false,
@@ -331,8 +512,8 @@ impl HandlerFn {
         let output = match &sig.output {
             ReturnType::Type(_, ty) => errors.handle(return_type(ty, &name)),
             ReturnType::Default => {
-                errors.push(error_at(
-                    &sig.paren_token.span.close(),
+                errors.push(error_at_span(
+                    sig.paren_token.span.close(),
                     format!("`{name}` must return `Result<Action>`: add `-> Result<Action>`"),
                 ));
                 None
@@ -346,6 +527,7 @@ impl HandlerFn {
                 takes_ctx,
                 object_ty,
                 output,
+                ctx_ident,
             }),
             _ => Err(Error::custom("invalid handler").with_span(&sig.ident)),
         }
@@ -360,14 +542,16 @@ fn object_type(ty: &Type, expected: &Expected, name: &str) -> darling::Result<Ty
             if expected.is_resource(args[0]) {
                 Ok(ty.clone())
             } else {
-                Err(error_at(
-                    args[0],
-                    format!(
-                        "expected `Arc<{resource}>`, found `{}`: `{name}` gets the resource named \
-                         in `resource = {resource}`",
-                        source(ty)
-                    ),
-                ))
+                // The attribute and the handler disagree: report it once, at the attribute.
+                let found = source(args[0]);
+                let message = format!(
+                    "`resource = {resource}` but `{name}` takes `Arc<{found}>`: name the same \
+                     type in both, `resource = {found}` or `Arc<{resource}>`"
+                );
+                Err(match &expected.key {
+                    Some(key) => error_at(key, message),
+                    None => error_at(args[0], message),
+                })
             }
         }
         _ => Err(error_at(
@@ -464,8 +648,20 @@ impl FinalizerName {
                 ),
             )
         };
+        // Kubernetes accepts any qualified name (it only recommends a domain prefix you own).
         let Some((prefix, rest)) = name.split_once('/') else {
-            return Err(fail("add a domain prefix you own".to_owned()));
+            if is_qualified_name_part(&name) {
+                return Ok(FinalizerName {
+                    name,
+                    span: lit.span(),
+                });
+            }
+            return Err(fail(
+                "at most 63 letters, digits, `-`, `_` or `.`, starting and ending with a letter or \
+                 digit, optionally after a DNS subdomain prefix and `/` (recommended: a domain \
+                 you own)"
+                    .to_owned(),
+            ));
         };
         if rest.contains('/') {
             return Err(fail(
@@ -492,6 +688,34 @@ impl FinalizerName {
 
     pub(crate) fn as_str(&self) -> &str {
         &self.name
+    }
+}
+
+/// The operator's finalizer: a checked name, or a const the generated code asserts at compile
+/// time.
+pub(crate) enum Finalizer {
+    Name(FinalizerName),
+    Const(Path),
+}
+
+impl Finalizer {
+    /// "`example.com/cleanup`" or "`FINALIZER`", for messages.
+    fn describe(&self) -> String {
+        match self {
+            Finalizer::Name(name) => format!("`{}`", name.as_str()),
+            Finalizer::Const(path) => format!("`{}`", source(path)),
+        }
+    }
+
+    /// The tokens to point at.
+    fn node(&self) -> TokenStream {
+        match self {
+            Finalizer::Name(name) => {
+                let lit = LitStr::new(&name.name, name.span);
+                lit.to_token_stream()
+            }
+            Finalizer::Const(path) => path.to_token_stream(),
+        }
     }
 }
 
@@ -877,8 +1101,10 @@ mod tests {
             FinalizerName::new(&ok).unwrap().as_str(),
             "websites.example.com/cleanup"
         );
+        let unprefixed: LitStr = syn::parse_quote!("documents.kube.rs");
+        assert!(FinalizerName::new(&unprefixed).is_ok());
         for bad in [
-            "cleanup",
+            "clean up",
             "a/b/c",
             "Example.com/cleanup",
             "example.com/",

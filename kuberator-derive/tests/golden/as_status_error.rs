@@ -1,5 +1,8 @@
 #[automatically_derived]
-impl ::kuberator::AsStatusError<StatusError> for WebsiteError {
+impl ::kuberator::AsStatusError<StatusError> for WebsiteError
+where
+    WebsiteError: ::kuberator::__private::UserError,
+{
     fn as_status_error(&self) -> StatusError {
         <StatusError as ::kuberator::FromStatusError>::from_status_error(
             &::kuberator::ClassifyError::reason(self),
@@ -8,7 +11,10 @@ impl ::kuberator::AsStatusError<StatusError> for WebsiteError {
     }
 }
 #[automatically_derived]
-impl ::kuberator::ClassifyError for WebsiteError {
+impl ::kuberator::ClassifyError for WebsiteError
+where
+    WebsiteError: ::kuberator::__private::UserError,
+{
     fn retry_policy(&self) -> ::kuberator::RetryPolicy {
         match self {
             Self::EmptyImage { .. } => ::kuberator::RetryPolicy::Terminal,
@@ -31,7 +37,10 @@ impl ::kuberator::ClassifyError for WebsiteError {
     }
 }
 #[automatically_derived]
-impl ::core::convert::From<WebsiteError> for ::kuberator::Error {
+impl ::core::convert::From<WebsiteError> for ::kuberator::Error
+where
+    WebsiteError: ::kuberator::__private::UserError,
+{
     fn from(error: WebsiteError) -> Self {
         ::kuberator::Error::handler(error)
     }

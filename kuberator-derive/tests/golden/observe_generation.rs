@@ -8,7 +8,10 @@ impl ::kuberator::ObserveGeneration for WebsiteStatus {
     }
 }
 #[automatically_derived]
-impl ::kuberator::RecordError for WebsiteStatus {
+impl ::kuberator::RecordError for WebsiteStatus
+where
+    WebsiteStatus: ::kuberator::__private::DefaultStatus,
+{
     fn record_error(
         &mut self,
         error: ::core::option::Option<&::kuberator::Error>,

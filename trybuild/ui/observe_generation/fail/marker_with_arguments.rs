@@ -1,8 +1,9 @@
 use kuberator::ObserveGeneration;
 
-#[derive(ObserveGeneration)]
+#[derive(serde::Serialize, ObserveGeneration)]
 pub struct WebsiteStatus {
     #[observe_generation(optional)]
+    #[serde(rename = "observedGeneration")]
     pub seen: Option<i64>,
 }
 

@@ -1,10 +1,12 @@
 use kuberator::ObserveGeneration;
 
+#[derive(serde::Serialize)]
 pub struct Problem {
     pub text: String,
 }
 
-#[derive(ObserveGeneration)]
+#[derive(Default, serde::Serialize, ObserveGeneration)]
+#[serde(rename_all = "camelCase")]
 pub struct WebsiteStatus {
     pub observed_generation: Option<i64>,
     #[status_error]

@@ -1,6 +1,7 @@
 use kuberator::{ObserveGeneration, StatusError};
 
-#[derive(ObserveGeneration)]
+#[derive(Default, serde::Serialize, ObserveGeneration)]
+#[serde(rename_all = "camelCase")]
 pub struct WebsiteStatus {
     pub observed_generation: Option<i64>,
     #[status_error]

@@ -1,9 +1,10 @@
 //! A marked `i64` field, a generic status, no error slot: `record_error` does nothing.
 use kuberator::{Error, ObserveGeneration, RecordError};
 
-#[derive(Default, ObserveGeneration)]
+#[derive(Default, serde::Serialize, ObserveGeneration)]
 struct Status<T> {
     #[observe_generation]
+    #[serde(rename = "observedGeneration")]
     seen: i64,
     extra: T,
 }

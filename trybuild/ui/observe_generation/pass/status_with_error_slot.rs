@@ -3,7 +3,8 @@ use kuberator::{
     AsStatusError, Error, ObserveGeneration, RecordError, StatusError, WithStatusError,
 };
 
-#[derive(Debug, Default, ObserveGeneration)]
+#[derive(Debug, Default, serde::Serialize, ObserveGeneration)]
+#[serde(rename_all = "camelCase")]
 pub struct WebsiteStatus {
     pub observed_generation: Option<i64>,
     #[status_error]

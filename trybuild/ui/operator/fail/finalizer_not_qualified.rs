@@ -8,7 +8,7 @@ pub struct WebsiteSpec {
 
 pub struct Websites;
 
-#[kuberator::operator(resource = Website, finalizer = "cleanup")]
+#[kuberator::operator(resource = Website, finalizer = "clean up")]
 impl Websites {
     async fn apply(&self, _site: Arc<Website>) -> Result<Action> {
         Ok(Action::await_change())

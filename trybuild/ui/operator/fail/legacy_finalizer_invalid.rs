@@ -8,9 +8,17 @@ pub struct WebsiteSpec {
 
 pub struct Websites;
 
-#[kuberator::operator(resource = Website, legacy_finalizers("Old Name"))]
+#[kuberator::operator(
+    resource = Website,
+    finalizer = "websites.example.com/cleanup",
+    legacy_finalizers("Old Name")
+)]
 impl Websites {
     async fn apply(&self, _site: Arc<Website>) -> Result<Action> {
+        Ok(Action::await_change())
+    }
+
+    async fn cleanup(&self, _site: Arc<Website>) -> Result<Action> {
         Ok(Action::await_change())
     }
 }

@@ -28,6 +28,8 @@ mod sites {
 
 #[tokio::main]
 async fn main() {
+    use kuberator::IntoOperator;
+
     let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
     let client = kube::Client::try_from(config).unwrap();
     let _operator = sites::Websites.operator(client).unwrap();

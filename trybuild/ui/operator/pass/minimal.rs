@@ -23,5 +23,4 @@ async fn main() {
     let client = Client::try_from(config).unwrap();
     let operator: Operator<Website> = Websites.operator(client).unwrap();
     drop(operator);
-    let _repository: Option<WebsitesRepository> = None;
 }

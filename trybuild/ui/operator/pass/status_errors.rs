@@ -17,6 +17,7 @@ pub struct WebsiteSpec {
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema, ObserveGeneration)]
+#[serde(rename_all = "camelCase")]
 pub struct WebsiteStatus {
     pub observed_generation: Option<i64>,
     #[status_error]

@@ -1,4 +1,5 @@
-//! The status's error slot holds a `String`, the error enum converts to `StatusError`.
+//! The status's error slot holds a `String` (the message only) while the error enum converts to
+//! `StatusError`: supported, `String: FromStatusError`.
 use kuberator::prelude::*;
 
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
@@ -34,4 +35,9 @@ impl Websites {
     }
 }
 
-fn main() {}
+fn main() {
+    let mut status = WebsiteStatus::default();
+    let error: Error = WebsiteError::EmptyImage.into();
+    assert!(status.record_error(Some(&error)));
+    assert_eq!(status.error.as_deref(), Some("image is empty"));
+}

@@ -8,9 +8,7 @@ pub struct WebsiteSpec {
 
 pub struct Websites;
 
-pub struct WebsitesOperator;
-
-#[kuberator::operator(resource = Website)]
+#[kuberator::operator(resource = Website, legacy_finalizers("old.example.com/cleanup"))]
 impl Websites {
     async fn apply(&self, _site: Arc<Website>) -> Result<Action> {
         Ok(Action::await_change())
