@@ -5,6 +5,8 @@
 
 use std::{process::Stdio, time::Duration};
 
+use kuberator::IntoOperator;
+
 use k8s_openapi::api::{
     authentication::v1::{TokenRequest, TokenRequestSpec},
     coordination::v1::Lease,

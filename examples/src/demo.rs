@@ -11,6 +11,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::{Api, ResourceExt};
+use kuberator::IntoOperator;
 use kuberator::runtime::LeaderElection;
 use kuberator::testing::TestEnv;
 use tokio::{
