@@ -390,10 +390,10 @@ async fn migrate_finalizers<R: Object>(
         .filter(|f| !legacy.contains(&f.as_str()))
         .cloned()
         .collect();
-    if let Some(own) = own {
-        if !finalizers.iter().any(|f| f == own) {
-            finalizers.push(own.to_owned());
-        }
+    if let Some(own) = own
+        && !finalizers.iter().any(|f| f == own)
+    {
+        finalizers.push(own.to_owned());
     }
     let name = object.name_any();
     let patch = Patch::Merge(serde_json::json!({

@@ -146,7 +146,7 @@ pub const fn check_finalizer(name: &str) {
                 }
                 label_start = true;
             } else {
-                if !(alnum || b == b'-') || ((label_start || at_end) && !alnum) {
+                if !alnum && (b != b'-' || label_start || at_end) {
                     panic!("the finalizer's prefix must be a DNS subdomain like `example.com`");
                 }
                 label_start = false;

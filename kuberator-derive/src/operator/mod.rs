@@ -59,12 +59,12 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
 fn quiet_handlers(item: &ItemImpl) -> ItemImpl {
     let mut item = item.clone();
     for member in &mut item.items {
-        if let ImplItem::Fn(function) = member {
-            if function.sig.ident == "apply" || function.sig.ident == "cleanup" {
-                function
-                    .attrs
-                    .push(syn::parse_quote!(#[allow(clippy::unused_async)]));
-            }
+        if let ImplItem::Fn(function) = member
+            && (function.sig.ident == "apply" || function.sig.ident == "cleanup")
+        {
+            function
+                .attrs
+                .push(syn::parse_quote!(#[allow(clippy::unused_async)]));
         }
     }
     item

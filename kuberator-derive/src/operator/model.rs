@@ -250,17 +250,16 @@ impl Operator {
         // `ctx.emit(...)` without `events = …` would do nothing: say so where it is called.
         if events.is_none() && !args_events_given(&args.given) {
             for function in [apply.as_ref(), cleanup.as_ref()].into_iter().flatten() {
-                if let Some(ctx) = &function.ctx_ident {
-                    if let Some(body) = find(&function.ident.to_string()).map(|f| &f.block) {
-                        if let Some(emit) = find_method_call(body.to_token_stream(), ctx, "emit") {
-                            errors.push(error_at(
-                                &emit,
-                                "`emit` does nothing without an event recorder: add \
-                                 `events = \"website-operator\"` (the reporting component) to \
-                                 `#[kuberator::operator(...)]`",
-                            ));
-                        }
-                    }
+                if let Some(ctx) = &function.ctx_ident
+                    && let Some(body) = find(&function.ident.to_string()).map(|f| &f.block)
+                    && let Some(emit) = find_method_call(body.to_token_stream(), ctx, "emit")
+                {
+                    errors.push(error_at(
+                        &emit,
+                        "`emit` does nothing without an event recorder: add \
+                         `events = \"website-operator\"` (the reporting component) to \
+                         `#[kuberator::operator(...)]`",
+                    ));
                 }
             }
         }
@@ -333,10 +332,10 @@ fn find_method_call(tokens: TokenStream, receiver: &Ident, method: &str) -> Opti
             TokenTree::Ident(ident) if ident == receiver => {
                 if let (Some(TokenTree::Punct(dot)), Some(TokenTree::Ident(name))) =
                     (trees.get(i + 1), trees.get(i + 2))
+                    && dot.as_char() == '.'
+                    && name == method
                 {
-                    if dot.as_char() == '.' && name == method {
-                        return Some(name.clone());
-                    }
+                    return Some(name.clone());
                 }
             }
             _ => {}

@@ -1,11 +1,11 @@
 //! A crate that imports kuberator as `kr`, defines its own `Box`, `Result`, `Arc`, `Action` and
 //! `Client` where the macros expand, and denies `missing_docs` and `unreachable_pub`: the
 //! generated code names nothing unqualified and nothing through `::kuberator` (issue 16, point 6).
-//! Checked by `cargo clippy -p kuberator-renamed-dependency -- -W clippy::pedantic -W
-//! clippy::absolute_paths -D warnings`, which also proves the generated code adds no pedantic
+//! Checked by `cargo clippy -p kuberator-renamed-dependency -- -D warnings` with pedantic and
+//! `absolute_paths` warned below, which also proves the generated code adds no pedantic
 //! warning.
 #![deny(missing_docs, unreachable_pub)]
-#![warn(clippy::pedantic)]
+#![warn(clippy::pedantic, clippy::absolute_paths)]
 
 pub mod api {
     //! The resource, its status and its error.
