@@ -20,6 +20,7 @@ use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
+use kuberator::IntoOperator;
 use kuberator::{
     Operator,
     manifests::rbac_rules_for,

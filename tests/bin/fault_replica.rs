@@ -13,6 +13,7 @@ use kube::{
     Client,
     config::{KubeConfigOptions, Kubeconfig},
 };
+use kuberator::IntoOperator;
 use kuberator::runtime::LeaderElection;
 use kuberator_tests::{Journal, Samples, unix_nanos};
 
