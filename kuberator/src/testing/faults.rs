@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, anyhow};
 use k8s_openapi::api::{
-    authentication::v1::{TokenRequest, TokenRequestSpec},
+    authentication::v1::TokenRequest,
     core::v1::ServiceAccount,
     rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
 };
@@ -188,19 +188,21 @@ impl TestEnv {
             )
             .await?;
         }
-        let request = TokenRequest {
-            spec: Some(TokenRequestSpec {
-                expiration_seconds: Some(3600),
-                ..TokenRequestSpec::default()
-            }),
-            ..TokenRequest::default()
-        };
-        let token = namespaced(&account.namespace)
+        // Built and read as JSON: the optionality of `spec` and `status.token` differs between the
+        // Kubernetes versions k8s-openapi supports, and the library picks none of them.
+        let request: TokenRequest =
+            serde_json::from_value(serde_json::json!({ "spec": { "expirationSeconds": 3600 } }))
+                .context("building the TokenRequest")?;
+        let issued = namespaced(&account.namespace)
             .create_token_request(&account.name, &PostParams::default(), &request)
             .await
-            .map_err(|e| Error::client("requesting a ServiceAccount token", e))?
-            .status
-            .and_then(|status| status.token)
+            .map_err(|e| Error::client("requesting a ServiceAccount token", e))?;
+        let token = serde_json::to_value(&issued)
+            .context("reading the TokenRequest")?
+            .pointer("/status/token")
+            .and_then(serde_json::Value::as_str)
+            .filter(|token| !token.is_empty())
+            .map(str::to_owned)
             .ok_or_else(|| anyhow!("the TokenRequest came back without a token"))?;
         let text = std::fs::read_to_string(&self.kubeconfig_path)
             .with_context(|| format!("reading {}", self.kubeconfig_path.display()))?;
