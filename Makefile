@@ -32,6 +32,8 @@ test: control-plane
 	@$(MAKE) --no-print-directory check-k8s-versions
 	@echo "== cargo test (unit, doc, integration, trybuild)"
 	$(CARGO) test --workspace --all-features --no-fail-fast
+	@target=$$($(CARGO) metadata --format-version 1 --no-deps | sed 's/.*"target_directory":"\([^"]*\)".*/\1/'); \
+	  echo "== target dir $$target: $$(du -sh "$$target" | cut -f1) ($$(df -h --output=avail "$$target" | tail -1 | tr -d ' ') free)"
 
 ## The library compiles against every supported Kubernetes version (it never picks one itself).
 check-k8s-versions:

@@ -1,7 +1,7 @@
 //! Compile-fail and compile-pass cases for kuberator's macros.
 //!
-//! Cases live in `ui/<macro>/{fail,pass}/`, one mistake per file, each named for its mistake. Pass
-//! cases are compiled and run. Fail cases are compared with their `.stderr` snapshots, which
+//! Cases live in `ui/<macro>/{fail,pass}/`, one mistake per file, each named for its mistake. Fail
+//! cases run here, through trybuild, and are compared with their `.stderr` snapshots, which
 //! belong to one rustc: the one recorded in `ui/RUSTC_VERSION`. On any other rustc this test
 //! fails (rather than reporting spurious diffs, or skipping); regenerate the snapshots and the
 //! recorded version with
@@ -11,7 +11,11 @@
 //! ```
 //!
 //! `UI_CASES` runs only some cases: comma-separated globs under `ui/`, e.g.
-//! `UI_CASES=operator/fail/resource_*,observe_generation/*/* cargo test -p kuberator-trybuild`.
+//! `UI_CASES=operator/fail/resource_*,observe_generation/fail/* cargo test -p kuberator-trybuild --test ui`.
+//!
+//! Pass cases are not run here: each is a test target of its own in `Cargo.toml`
+//! (`cargo test -p kuberator-trybuild --test pass-operator-minimal`), built and run like a user's
+//! crate. A pass case with no `[[test]]` entry fails this test.
 
 use std::path::Path;
 use std::process::Command;
@@ -24,18 +28,38 @@ fn ui() {
         Ok(filter) => {
             for glob in filter.split(',').map(str::trim).filter(|g| !g.is_empty()) {
                 let glob = format!("ui/{}.rs", glob.trim_end_matches(".rs"));
-                if glob.contains("/pass/") {
-                    cases.pass(glob);
-                } else {
-                    cases.compile_fail(glob);
-                }
+                assert!(
+                    !glob.contains("/pass/"),
+                    "{glob}: pass cases are test targets, run them with `cargo test -p \
+                     kuberator-trybuild --test pass-<macro>-<case>`"
+                );
+                cases.compile_fail(glob);
             }
         }
-        Err(_) => {
-            cases.pass("ui/*/pass/*.rs");
-            cases.compile_fail("ui/*/fail/*.rs");
+        Err(_) => cases.compile_fail("ui/*/fail/*.rs"),
+    }
+}
+
+/// Every pass case is a `[[test]]` target in `Cargo.toml`, so none is silently left out.
+#[test]
+fn every_pass_case_is_a_test_target() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("Cargo.toml");
+    let mut missing = Vec::new();
+    for group in std::fs::read_dir(root.join("ui")).expect("ui/") {
+        let pass = group.expect("ui/ entry").path().join("pass");
+        let Ok(cases) = std::fs::read_dir(&pass) else { continue };
+        for case in cases {
+            let case = case.expect("pass case").path();
+            let relative = case.strip_prefix(root).expect("under the crate").display().to_string();
+            if case.extension().is_some_and(|e| e == "rs")
+                && !manifest.contains(&format!("path = \"{relative}\""))
+            {
+                missing.push(relative);
+            }
         }
     }
+    assert!(missing.is_empty(), "pass cases without a [[test]] target in Cargo.toml: {missing:?}");
 }
 
 /// Fails loudly when the `.stderr` snapshots were recorded with another rustc; with
