@@ -118,7 +118,7 @@ fn copy(backup: &str, site: &StaticSite) -> ConfigMap {
 }
 
 /// The backups that name `site`, from the cache of backups.
-fn backups_of(caches: &Caches, site: &StaticSite) -> Vec<ObjectRef<SiteBackup>> {
+pub fn backups_of(caches: &Caches, site: &StaticSite) -> Vec<ObjectRef<SiteBackup>> {
     let Ok(backups) = caches.get::<SiteBackup>() else {
         return Vec::new();
     };

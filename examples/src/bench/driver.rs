@@ -85,6 +85,8 @@ pub struct Options {
     pub memory_objects: usize,
     /// Emits of the event storm (0: skipped).
     pub storm_emits: usize,
+    /// Sites (and as many backups) of the manager comparison (0: skipped).
+    pub manager_objects: usize,
     /// The `bench_operator` binary (default: next to this one, built with cargo first).
     pub operator_bin: Option<PathBuf>,
 }
@@ -98,6 +100,7 @@ impl Default for Options {
             rounds: 1,
             memory_objects: 10_000,
             storm_emits: 10_000,
+            manager_objects: 500,
             operator_bin: None,
         }
     }
@@ -110,6 +113,7 @@ impl Options {
             counts: vec![200],
             memory_objects: 1000,
             storm_emits: 2000,
+            manager_objects: 100,
             ..Self::default()
         }
     }
@@ -119,15 +123,18 @@ impl Options {
 pub const USAGE: &str = "\
 usage: bench [--quick] [--n 200,1000,5000] [--impls kuberator,raw,limit] [--concurrency 8]
              [--rounds 1]
-             [--memory-objects 10000] [--storm-emits 10000] [--operator-bin PATH]
+             [--memory-objects 10000] [--storm-emits 10000] [--manager-objects 500]
+             [--operator-bin PATH]
 
-  --quick            N=200, 1000 objects for memory, 2000 storm emits (a smoke run)
+  --quick            N=200, 1000 objects for memory, 2000 storm emits, 100 manager sites
+                     (a smoke run)
   --n LIST           object counts of the throughput runs (0 or empty: none)
   --impls LIST       implementations of the throughput runs
   --concurrency C    reconciles at once in every implementation (default 8)
   --rounds R         runs per implementation and N, order rotated; the median is shown
   --memory-objects M objects for the RSS comparison (0: skip)
   --storm-emits E    identical emits of the event storm (0: skip)
+  --manager-objects S sites (and S backups) of the manager-vs-separate-operators row (0: skip)
   --operator-bin P   the bench_operator binary (default: built with cargo, next to this one)";
 
 /// Parses the command line (without the program name).
@@ -181,6 +188,7 @@ pub fn parse_args(args: &[String]) -> anyhow::Result<Options> {
             "--rounds" => options.rounds = value.parse::<usize>()?.max(1),
             "--memory-objects" => options.memory_objects = value.parse()?,
             "--storm-emits" => options.storm_emits = value.parse()?,
+            "--manager-objects" => options.manager_objects = value.parse()?,
             "--operator-bin" => options.operator_bin = Some(value.into()),
             _ => bail!("unknown argument `{arg}`\n{USAGE}"),
         }
@@ -244,6 +252,19 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     if options.storm_emits > 0 {
         let storms = bench.storm(options.storm_emits).await?;
         println!("{}", storm_table(options.storm_emits, &storms));
+    }
+    if options.manager_objects > 0 {
+        let results = super::manager::compare(
+            &bench.operator_bin,
+            options.manager_objects,
+            options.concurrency,
+            options.rounds,
+        )
+        .await?;
+        println!(
+            "{}",
+            super::manager::manager_table(options.manager_objects, &results)
+        );
     }
     if !summary.is_empty() {
         println!("{}", ratio_summary(&summary));
@@ -910,7 +931,7 @@ fn ratio(a: f64, b: f64) -> String {
 }
 
 /// Renders a Markdown table: header row, then rows.
-fn markdown(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn markdown(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "| {} |", header.join(" | "));
     let _ = writeln!(

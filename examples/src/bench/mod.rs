@@ -9,11 +9,13 @@
 //!   controller, fed the created objects by the driver: the API server's own limit.
 //!
 //! The driver ([`driver`]) starts a `TestEnv`, runs the workload through each implementation
-//! and prints the tables.
+//! and prints the tables. [`manager`] adds the manager row: two controllers sharing a kind in one
+//! `Manager` against the same two as separate operators.
 
 pub mod driver;
 pub mod kuberator_impl;
 pub mod limit;
+pub mod manager;
 pub mod metrics;
 pub mod proc;
 pub mod raw;

@@ -1,10 +1,13 @@
 //! One benchmark implementation as its own process, so that its memory is its own:
-//! `bench_operator kuberator|raw|limit --kubeconfig PATH [--concurrency C]`. Runs until SIGTERM
-//! (the limit also stops when stdin closes), then prints `reconciles=<count>`.
+//! `bench_operator kuberator|raw|limit|manager|separate --kubeconfig PATH [--concurrency C]`.
+//! Runs until SIGTERM (the limit also stops when stdin closes), then prints `reconciles=<count>`
+//! (not for `manager` and `separate`, the two layouts of the manager row).
 
 use anyhow::{anyhow, bail};
 use kuberator_examples::bench::{
-    DEFAULT_CONCURRENCY, RECONCILES_LINE, client_from_kubeconfig, kuberator_impl, limit, raw,
+    DEFAULT_CONCURRENCY, RECONCILES_LINE, client_from_kubeconfig, kuberator_impl, limit,
+    manager::{self, Layout},
+    raw,
 };
 
 #[tokio::main]
@@ -37,7 +40,15 @@ async fn main() -> anyhow::Result<()> {
         "kuberator" => kuberator_impl::run(client, concurrency).await?,
         "raw" => raw::run(client, concurrency).await?,
         "limit" => limit::run(client, concurrency).await?,
-        other => bail!("unknown implementation `{other}` (kuberator, raw or limit)"),
+        other => {
+            let layout = Layout::parse(other).ok_or_else(|| {
+                anyhow!(
+                    "unknown implementation `{other}` (kuberator, raw, limit, manager or separate)"
+                )
+            })?;
+            manager::run(client, layout).await?;
+            return Ok(());
+        }
     };
     println!("{RECONCILES_LINE}{reconciles}");
     Ok(())
