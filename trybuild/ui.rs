@@ -48,10 +48,16 @@ fn every_pass_case_is_a_test_target() {
     let mut missing = Vec::new();
     for group in std::fs::read_dir(root.join("ui")).expect("ui/") {
         let pass = group.expect("ui/ entry").path().join("pass");
-        let Ok(cases) = std::fs::read_dir(&pass) else { continue };
+        let Ok(cases) = std::fs::read_dir(&pass) else {
+            continue;
+        };
         for case in cases {
             let case = case.expect("pass case").path();
-            let relative = case.strip_prefix(root).expect("under the crate").display().to_string();
+            let relative = case
+                .strip_prefix(root)
+                .expect("under the crate")
+                .display()
+                .to_string();
             if case.extension().is_some_and(|e| e == "rs")
                 && !manifest.contains(&format!("path = \"{relative}\""))
             {
@@ -59,7 +65,10 @@ fn every_pass_case_is_a_test_target() {
             }
         }
     }
-    assert!(missing.is_empty(), "pass cases without a [[test]] target in Cargo.toml: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "pass cases without a [[test]] target in Cargo.toml: {missing:?}"
+    );
 }
 
 /// Fails loudly when the `.stderr` snapshots were recorded with another rustc; with

@@ -20,11 +20,7 @@ use kube::{
     Api, Client,
     api::{ListParams, PostParams},
 };
-use kuberator::{
-    IntoOperator, Operator,
-    runtime::Caches,
-    testing::TestEnv,
-};
+use kuberator::{IntoOperator, Operator, runtime::Caches, testing::TestEnv};
 use tokio::process::Command;
 
 use super::proc::{self, Memory};

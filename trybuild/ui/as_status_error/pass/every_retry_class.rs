@@ -38,24 +38,42 @@ fn handler(fail: bool) -> kuberator::Result<u8> {
 }
 
 fn main() {
-    assert_eq!(WebsiteError::EmptyImage.retry_policy(), RetryPolicy::Terminal);
-    assert_eq!(WebsiteError::RegistryDown("x".into()).retry_policy(), RetryPolicy::Backoff);
+    assert_eq!(
+        WebsiteError::EmptyImage.retry_policy(),
+        RetryPolicy::Terminal
+    );
+    assert_eq!(
+        WebsiteError::RegistryDown("x".into()).retry_policy(),
+        RetryPolicy::Backoff
+    );
     let waiting = WebsiteError::Dependency { name: "db".into() };
-    assert_eq!(waiting.retry_policy(), RetryPolicy::After(Duration::from_secs(90)));
-    assert_eq!(WebsiteError::Quota.retry_policy(), RetryPolicy::After(Duration::from_millis(500)));
+    assert_eq!(
+        waiting.retry_policy(),
+        RetryPolicy::After(Duration::from_secs(90))
+    );
+    assert_eq!(
+        WebsiteError::Quota.retry_policy(),
+        RetryPolicy::After(Duration::from_millis(500))
+    );
     assert_eq!(WebsiteError::Other.retry_policy(), RetryPolicy::Backoff);
 
     assert_eq!(waiting.reason(), "Waiting");
     assert_eq!(WebsiteError::Other.reason(), "Other");
     assert_eq!(
         waiting.as_status_error(),
-        StatusError { reason: "Waiting".into(), message: "waiting for db".into() }
+        StatusError {
+            reason: "Waiting".into(),
+            message: "waiting for db".into()
+        }
     );
     assert_eq!(Small::Small.as_status_error(), "small");
 
     let error: Error = handler(true).unwrap_err();
     assert_eq!(error.retry_policy(), RetryPolicy::Terminal);
     assert_eq!(error.reason(), "EmptyImage");
-    assert!(matches!(error.downcast_ref::<WebsiteError>(), Some(WebsiteError::EmptyImage)));
+    assert!(matches!(
+        error.downcast_ref::<WebsiteError>(),
+        Some(WebsiteError::EmptyImage)
+    ));
     assert_eq!(handler(false).unwrap(), 1);
 }

@@ -43,6 +43,9 @@ fn main() {
         &mut status,
         Some(WebsiteError::EmptyImage.as_status_error()),
     );
-    assert_eq!(status.error.as_ref().map(|e| e.reason.as_str()), Some("EmptyImage"));
+    assert_eq!(
+        status.error.as_ref().map(|e| e.reason.as_str()),
+        Some("EmptyImage")
+    );
     assert_eq!(status.phase, "");
 }

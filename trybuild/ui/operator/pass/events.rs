@@ -12,8 +12,11 @@ pub struct Websites;
 #[kuberator::operator(resource = Website, events = "websites.example.com/operator")]
 impl Websites {
     async fn apply(&self, site: Arc<Website>, ctx: &Ctx<Website>) -> Result<Action> {
-        ctx.emit(&site, EventData::normal("Deployed", "Reconcile").note("image rolled out"))
-            .await;
+        ctx.emit(
+            &site,
+            EventData::normal("Deployed", "Reconcile").note("image rolled out"),
+        )
+        .await;
         Ok(Action::await_change())
     }
 }

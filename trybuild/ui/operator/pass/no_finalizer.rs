@@ -23,7 +23,11 @@ struct Websites {
 #[kuberator::operator(resource = Website, namespaces("shop"), caching = Extendable)]
 impl Websites {
     fn image<'a>(&'a self, site: &'a Website) -> &'a str {
-        if site.spec.image.is_empty() { self.default_image } else { &site.spec.image }
+        if site.spec.image.is_empty() {
+            self.default_image
+        } else {
+            &site.spec.image
+        }
     }
 
     async fn apply(&self, site: Arc<Website>) -> std::result::Result<Action, WebsiteError> {
@@ -41,7 +45,9 @@ impl Websites {
 
 #[tokio::main]
 async fn main() {
-    let websites = Websites { default_image: "nginx" };
+    let websites = Websites {
+        default_image: "nginx",
+    };
     assert_eq!(websites.describe(), "websites, default image nginx");
     let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
     let client = Client::try_from(config).unwrap();

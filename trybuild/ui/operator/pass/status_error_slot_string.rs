@@ -3,7 +3,13 @@
 use kuberator::prelude::*;
 
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
-#[kube(group = "example.com", version = "v1", kind = "Website", namespaced, status = "WebsiteStatus")]
+#[kube(
+    group = "example.com",
+    version = "v1",
+    kind = "Website",
+    namespaced,
+    status = "WebsiteStatus"
+)]
 pub struct WebsiteSpec {
     pub image: String,
 }

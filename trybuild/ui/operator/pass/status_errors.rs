@@ -58,7 +58,10 @@ pub struct Websites;
 impl Websites {
     async fn apply(&self, site: Arc<Website>, ctx: &Ctx<Website>) -> Result<Action> {
         check(&site.spec)?;
-        let status = WebsiteStatus { phase: "Ready".into(), ..Default::default() };
+        let status = WebsiteStatus {
+            phase: "Ready".into(),
+            ..Default::default()
+        };
         ctx.update_status(&site, status).await?;
         Ok(Action::requeue(Duration::from_secs(600)))
     }
@@ -69,20 +72,35 @@ impl Websites {
 }
 
 fn main() {
-    let spec = |image: &str, replicas| WebsiteSpec { image: image.into(), replicas };
+    let spec = |image: &str, replicas| WebsiteSpec {
+        image: image.into(),
+        replicas,
+    };
     let classify = |spec: WebsiteSpec| {
         let error: Error = check(&spec).unwrap_err().into();
         (error.retry_policy(), error.reason())
     };
-    assert_eq!(classify(spec("", 1)), (RetryPolicy::Terminal, "EmptyImage".into()));
-    assert_eq!(classify(spec("down", 1)), (RetryPolicy::Backoff, "RegistryDown".into()));
+    assert_eq!(
+        classify(spec("", 1)),
+        (RetryPolicy::Terminal, "EmptyImage".into())
+    );
+    assert_eq!(
+        classify(spec("down", 1)),
+        (RetryPolicy::Backoff, "RegistryDown".into())
+    );
     assert_eq!(
         classify(spec("nginx", 11)),
-        (RetryPolicy::After(Duration::from_secs(300)), "TooManyReplicas".into())
+        (
+            RetryPolicy::After(Duration::from_secs(300)),
+            "TooManyReplicas".into()
+        )
     );
 
     let mut status = WebsiteStatus::default();
     let error: Error = WebsiteError::EmptyImage.into();
     assert!(status.record_error(Some(&error)));
-    assert_eq!(status.error.as_ref().map(|e| e.message.as_str()), Some("image is empty"));
+    assert_eq!(
+        status.error.as_ref().map(|e| e.message.as_str()),
+        Some("image is empty")
+    );
 }
