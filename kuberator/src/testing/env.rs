@@ -428,7 +428,9 @@ fn apiserver_args(root: &Path, files: &PkiFiles, etcd_url: &str, port: u16) -> V
         format!("--tls-private-key-file={}", files.serving_key.display()),
         format!("--client-ca-file={}", files.ca_cert.display()),
         "--authorization-mode=RBAC".into(),
-        "--service-cluster-ip-range=10.0.0.0/24".into(),
+        // Room for 65,534 Services: an operator that gives each object a Service must not run out
+        // of ClusterIPs in a test of a few hundred objects (a /24 did, at 254).
+        "--service-cluster-ip-range=10.0.0.0/16".into(),
         "--allow-privileged=true".into(),
         // No controller-manager by default, so no default service account to admit pods with.
         "--disable-admission-plugins=ServiceAccount".into(),
@@ -738,7 +740,7 @@ impl TestEnv {
             format!("--root-ca-file={}", files.ca_cert.display()),
             format!("--cluster-signing-cert-file={}", files.ca_cert.display()),
             format!("--cluster-signing-key-file={}", files.ca_key.display()),
-            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--service-cluster-ip-range=10.0.0.0/16".into(),
         ];
         let log = root.join("kube-controller-manager.log");
         let pid = self.processes.spawn(
