@@ -17,5 +17,6 @@ mod observability;
 mod operations;
 mod production;
 mod runtime;
+mod scale_out;
 mod status_errors;
 mod support;

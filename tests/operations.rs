@@ -202,7 +202,21 @@ impl Replica {
     }
 
     fn spawn_with(name: &'static str, env: &TestEnv, manager: bool) -> Replica {
+        Replica::spawn_mode(name, env, if manager { "manager" } else { "single" }, &[])
+    }
+
+    /// A replica in `KUBERATOR_REPLICA_MODE=mode` (`manager`, `child`, `shard` …; see
+    /// `tests/bin/replica.rs`) with extra environment variables.
+    pub fn spawn_mode(
+        name: &'static str,
+        env: &TestEnv,
+        mode: &str,
+        vars: &[(&str, String)],
+    ) -> Replica {
+        let manager = mode == "manager";
         let mut child = Command::new(env!("CARGO_BIN_EXE_replica"))
+            .env("KUBERATOR_REPLICA_MODE", mode)
+            .envs(vars.iter().map(|(key, value)| (*key, value.as_str())))
             .env("KUBERATOR_REPLICA_MANAGER", if manager { "1" } else { "0" })
             .env("KUBERATOR_REPLICA_KUBECONFIG", env.kubeconfig_path())
             .env("KUBERATOR_REPLICA_IDENTITY", name)

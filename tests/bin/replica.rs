@@ -86,6 +86,10 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let client = Client::try_from(config)?;
+    match std::env::var("KUBERATOR_REPLICA_MODE").as_deref() {
+        Ok("child") => return run_children(client, identity).await,
+        _ => {}
+    }
     let manager = std::env::var("KUBERATOR_REPLICA_MANAGER").is_ok_and(|v| v == "1");
     let lease = if manager { MANAGER_LEASE } else { LEASE };
     let leadership = Arc::new(
@@ -93,16 +97,7 @@ async fn main() -> anyhow::Result<()> {
             .identity(identity)
             .start()?,
     );
-    let mut state = leadership.subscribe();
-    tokio::spawn(async move {
-        loop {
-            let leader = *state.borrow_and_update();
-            println!("leader {leader} {}", unix_nanos());
-            if state.changed().await.is_err() {
-                return;
-            }
-        }
-    });
+    print_leadership(&leadership);
     if manager {
         return run_manager(client, leadership).await;
     }
@@ -148,4 +143,109 @@ async fn run_manager(
         .await?;
     println!("exited {}", unix_nanos());
     Ok(())
+}
+
+/// The Lease of the standby-correctness replicas (`KUBERATOR_REPLICA_MODE=child`).
+const CHILD_LEASE: &str = "replica-child-test";
+/// Primaries of the child mode carry this label; their children carry `kuberator-test/owner`.
+const CHILD_LABEL: &str = "kuberator-test=standby";
+
+/// Keeps exactly one child ConfigMap per primary, named by the primary's `data.child`, deleting
+/// any other child it made before; prints `observed <name> <resourceVersion> <t>`,
+/// `created <child> <t>` and `deleted <child> <t>`.
+struct Children {
+    client: Client,
+}
+
+#[async_trait::async_trait]
+impl Reconciler<ConfigMap> for Children {
+    async fn reconcile(&self, object: Arc<ConfigMap>) -> kuberator::Result<Action> {
+        use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
+
+        let name = object.name_any();
+        let namespace = object.namespace().unwrap_or_default();
+        println!("reconcile start {name} {}", unix_nanos());
+        println!(
+            "observed {name} {} {}",
+            object.resource_version().unwrap_or_default(),
+            unix_nanos()
+        );
+        // Slow enough that a parked reconcile is still parked when the test acts.
+        tokio::time::sleep(WORK).await;
+        let api: kube::Api<ConfigMap> = kube::Api::namespaced(self.client.clone(), &namespace);
+        let wanted = object
+            .data
+            .as_ref()
+            .and_then(|data| data.get("child"))
+            .cloned();
+        let owner_label = format!("kuberator-test/owner={name}");
+        let existing = api
+            .list(&ListParams::default().labels(&owner_label))
+            .await
+            .map_err(kuberator::Error::from)?;
+        for child in existing.items {
+            let child_name = child.name_any();
+            if Some(&child_name) != wanted.as_ref() {
+                api.delete(&child_name, &DeleteParams::default())
+                    .await
+                    .map_err(kuberator::Error::from)?;
+                println!("deleted {child_name} {}", unix_nanos());
+            }
+        }
+        if let Some(wanted) = wanted
+            && api.get_opt(&wanted).await.map_err(kuberator::Error::from)?.is_none()
+        {
+            let child = ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some(wanted.clone()),
+                    labels: Some([("kuberator-test/owner".to_owned(), name.clone())].into()),
+                    ..ObjectMeta::default()
+                },
+                ..ConfigMap::default()
+            };
+            api.create(&PostParams::default(), &child)
+                .await
+                .map_err(kuberator::Error::from)?;
+            println!("created {wanted} {}", unix_nanos());
+        }
+        println!("reconcile end {name} {}", unix_nanos());
+        Ok(Action::await_change())
+    }
+}
+
+/// The standby-correctness replica: leader election on its own Lease, the `Children` handler.
+async fn run_children(client: Client, identity: String) -> anyhow::Result<()> {
+    let leadership = Arc::new(
+        LeaderElection::new(client.clone(), "default", CHILD_LEASE)
+            .identity(identity)
+            .start()?,
+    );
+    print_leadership(&leadership);
+    Operator::with_reconciler(client.clone(), Children { client })
+        .namespaces(["default"])
+        .label_selector(CHILD_LABEL)
+        .concurrency(4)
+        .with_leadership(leadership)
+        .shutdown_on(async {
+            kuberator::shutdown_signal().await;
+            println!("signal {}", unix_nanos());
+        })
+        .run()
+        .await?;
+    println!("exited {}", unix_nanos());
+    Ok(())
+}
+
+/// Prints `leader <bool> <t>` at start and on every change.
+fn print_leadership(leadership: &kuberator::runtime::Leadership) {
+    let mut state = leadership.subscribe();
+    tokio::spawn(async move {
+        loop {
+            let leader = *state.borrow_and_update();
+            println!("leader {leader} {}", unix_nanos());
+            if state.changed().await.is_err() {
+                return;
+            }
+        }
+    });
 }

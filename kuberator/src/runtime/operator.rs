@@ -529,23 +529,12 @@ impl<R: Object> ManagedController for Operator<R> {
             cm.set_max_concurrent_reconciles(this.concurrency);
             cm
         });
-        let shared = Arc::new(LoopState {
-            reconciler: this.reconciler,
-            failures: FailureCounts::new(),
-            backoff: this.backoff,
-            permits: Arc::new(Semaphore::new(usize::from(this.concurrency))),
-            kind: R::kind(&()).into_owned(),
-            metrics: controller_metrics,
-            leadership: services.leadership.clone(),
-            reconcile_timeout: this.reconcile_timeout,
-            in_flight: std::sync::atomic::AtomicU64::new(0),
-        });
         let scopes: Vec<Option<String>> = if this.namespaces.is_empty() {
             vec![None]
         } else {
             this.namespaces.iter().cloned().map(Some).collect()
         };
-        let mut loops = SelectAll::new();
+        let mut subscribed = Vec::with_capacity(scopes.len());
         for scope in &scopes {
             let client = services.client.clone();
             let (ns, config) = (scope.clone(), this.watcher_config.clone());
@@ -557,6 +546,22 @@ impl<R: Object> ManagedController for Operator<R> {
                 make,
                 services.readiness.expect(&name),
             );
+            subscribed.push((scope, reader, changed));
+        }
+        let shared = Arc::new(LoopState {
+            reconciler: this.reconciler,
+            failures: FailureCounts::new(),
+            backoff: this.backoff,
+            permits: Arc::new(Semaphore::new(usize::from(this.concurrency))),
+            kind: R::kind(&()).into_owned(),
+            metrics: controller_metrics,
+            leadership: services.leadership.clone(),
+            reconcile_timeout: this.reconcile_timeout,
+            in_flight: std::sync::atomic::AtomicU64::new(0),
+            stores: subscribed.iter().map(|(_, reader, _)| reader.clone()).collect(),
+        });
+        let mut loops = SelectAll::new();
+        for (scope, reader, changed) in subscribed {
             let trigger: BoxStream<'static, Arc<R>> = if this.generation_filter {
                 generation_filtered(changed, reader.clone()).boxed()
             } else {
@@ -697,6 +702,17 @@ struct LoopState<R: Object> {
     reconcile_timeout: Option<Duration>,
     /// Reconciles holding a slot right now.
     in_flight: std::sync::atomic::AtomicU64,
+    /// The caches of `R`, one per scope: a reconcile runs on the object they hold when it gets
+    /// its slot, not on the one it was dispatched with.
+    stores: Vec<reflector::Store<R>>,
+}
+
+impl<R: Object> LoopState<R> {
+    /// The cache's current version of `object` (`None`: gone since it was dispatched).
+    fn current(&self, object: &R) -> Option<Arc<R>> {
+        let key = ObjectRef::from_obj(object);
+        self.stores.iter().find_map(|store| store.get(&key))
+    }
 }
 
 /// Counts a reconcile in [`LoopState::in_flight`] while alive (also when cancelled).
@@ -732,6 +748,13 @@ async fn reconcile_counted<R: Object>(object: Arc<R>, shared: Arc<LoopState<R>>)
     let queued = shared.metrics.as_ref().map(ControllerMetrics::queued);
     let _permit = shared.permits.clone().acquire_owned().await;
     drop(queued);
+    // A reconcile may have waited long for its slot (a standby parks until it leads, hours
+    // perhaps): it runs on what the cache holds now, never on the snapshot it was dispatched
+    // with, and not at all for an object deleted meanwhile.
+    let Some(object) = shared.current(object.as_ref()) else {
+        tracing::debug!(object = %display_ref(object.as_ref()), "object gone while its reconcile waited; dropped");
+        return Ok(Action::await_change());
+    };
     let timer = shared
         .metrics
         .as_ref()
