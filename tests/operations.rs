@@ -176,6 +176,11 @@ async fn release_hands_over_in_under_three_seconds() {
 // The replica is the `replica` binary of this package (`tests/bin/replica.rs`): an `Operator`
 // with leader election wired in, printing its reconciles with timestamps.
 
+/// Now, in unix nanoseconds (the replicas' time stamps).
+pub fn unix_nanos_now() -> u128 {
+    unix_nanos()
+}
+
 fn unix_nanos() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

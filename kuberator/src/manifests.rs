@@ -13,6 +13,7 @@
 //! | manage owned children | theirs | theirs | get, list, watch, create, patch, delete | [`owns`](RbacOptions::owns) |
 //! | emit events | `events.k8s.io` | `events` | create, patch | [`events`](RbacOptions::events) |
 //! | leader election | `coordination.k8s.io` | `leases` | get, list, watch, create, update | [`leader_election`](RbacOptions::leader_election) |
+//! | shard membership (and the owner label, a `patch` of the resource) | `coordination.k8s.io` | `leases` | get, list, watch, create, update | [`sharding`](RbacOptions::sharding) |
 //!
 //! It is a `ClusterRole` when the operator watches all namespaces (or the resource is
 //! cluster-scoped), and one `Role` per namespace when the namespaces are fixed; leader election
@@ -175,6 +176,25 @@ impl RbacOptions {
     pub fn leader_election(mut self, namespace: impl Into<String>) -> Self {
         self.lease_namespace = Some(namespace.into());
         self
+    }
+
+    /// Sharding ([`Sharding`](crate::runtime::Sharding)) with membership Leases in
+    /// `namespace`: the Lease rules of leader election (`get`, `list`, `watch`, `create`,
+    /// `update`) in that namespace; the owner label is a `patch` of the resource, which every
+    /// operator may do. With leader election too, use one namespace for both.
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kuberator::manifests::{RbacOptions, rbac_rules_for};
+    ///
+    /// let rbac = rbac_rules_for::<ConfigMap>(&RbacOptions::new("cm-operator").sharding("ops"));
+    /// let yaml = rbac.to_yaml().unwrap();
+    /// assert!(yaml.contains("leases"));
+    /// assert!(yaml.contains("namespace: ops"));
+    /// ```
+    #[must_use]
+    pub fn sharding(self, namespace: impl Into<String>) -> Self {
+        self.leader_election(namespace)
     }
 
     /// Also emit the ServiceAccount and the bindings of the roles to it.

@@ -10,6 +10,13 @@
 //! ConfigMaps and labelled Secrets) under the manager's one leader election, for
 //! `manager::two_manager_processes_hand_every_controller_over_on_sigterm`; reconcile lines then
 //! name the kind: `reconcile start ConfigMap/<name> <ns>`.
+//!
+//! With `KUBERATOR_REPLICA_MODE=child` the replica keeps one child ConfigMap per primary (for
+//! `scale_out::a_standby_that_wins_reconciles_the_current_object`); with
+//! `KUBERATOR_REPLICA_MODE=shard` it is one member of the shard group `scale-test` (membership
+//! Leases of 4 s), reconciling ConfigMaps labelled `kuberator-test=shard` for
+//! `KUBERATOR_REPLICA_WORK_MS` (default 20) each, with `/metrics` on
+//! `KUBERATOR_REPLICA_HEALTH` if set.
 
 use std::{
     io::Read,
@@ -88,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
     let client = Client::try_from(config)?;
     match std::env::var("KUBERATOR_REPLICA_MODE").as_deref() {
         Ok("child") => return run_children(client, identity).await,
+        Ok("shard") => return run_shard(client, identity).await,
         _ => {}
     }
     let manager = std::env::var("KUBERATOR_REPLICA_MANAGER").is_ok_and(|v| v == "1");
@@ -193,7 +201,11 @@ impl Reconciler<ConfigMap> for Children {
             }
         }
         if let Some(wanted) = wanted
-            && api.get_opt(&wanted).await.map_err(kuberator::Error::from)?.is_none()
+            && api
+                .get_opt(&wanted)
+                .await
+                .map_err(kuberator::Error::from)?
+                .is_none()
         {
             let child = ConfigMap {
                 metadata: ObjectMeta {
@@ -248,4 +260,57 @@ fn print_leadership(leadership: &kuberator::runtime::Leadership) {
             }
         }
     });
+}
+
+/// Shard members reconcile ConfigMaps with this label.
+const SHARD_LABEL: &str = "kuberator-test=shard";
+
+/// Prints `reconcile start|end <name> <t>` around `work` of (simulated) I/O.
+struct Sharded {
+    work: Duration,
+}
+
+#[async_trait::async_trait]
+impl Reconciler<ConfigMap> for Sharded {
+    async fn reconcile(&self, object: Arc<ConfigMap>) -> kuberator::Result<Action> {
+        let name = object.name_any();
+        println!("reconcile start {name} {}", unix_nanos());
+        tokio::time::sleep(self.work).await;
+        println!("reconcile end {name} {}", unix_nanos());
+        Ok(Action::await_change())
+    }
+}
+
+/// One member of the shard group `scale-test`.
+async fn run_shard(client: Client, identity: String) -> anyhow::Result<()> {
+    let work = std::env::var("KUBERATOR_REPLICA_WORK_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or(20);
+    let sharding = kuberator::runtime::Sharding::new("default", "scale-test")
+        .identity(identity)
+        .lease_duration(Duration::from_secs(4))
+        .renew_deadline(Duration::from_secs(3))
+        .retry_period(Duration::from_secs(1));
+    let mut operator = Operator::with_reconciler(
+        client,
+        Sharded {
+            work: Duration::from_millis(work),
+        },
+    )
+    .namespaces(["default"])
+    .label_selector(SHARD_LABEL)
+    .concurrency(8)
+    .sharding(sharding)
+    .shutdown_on(async {
+        kuberator::shutdown_signal().await;
+        println!("signal {}", unix_nanos());
+    });
+    if let Ok(addr) = std::env::var("KUBERATOR_REPLICA_HEALTH") {
+        operator = operator.health(addr.parse()?);
+    }
+    println!("started {}", unix_nanos());
+    operator.run().await?;
+    println!("exited {}", unix_nanos());
+    Ok(())
 }

@@ -101,6 +101,8 @@ struct ElectionConfig {
     lease_duration: Duration,
     renew_deadline: Duration,
     retry_period: Duration,
+    /// Labels of the Lease when this replica creates it.
+    labels: std::collections::BTreeMap<String, String>,
 }
 
 impl ElectionConfig {
@@ -111,6 +113,7 @@ impl ElectionConfig {
             lease_duration: DEFAULT_LEASE_DURATION,
             renew_deadline: DEFAULT_RENEW_DEADLINE,
             retry_period: DEFAULT_RETRY_PERIOD,
+            labels: std::collections::BTreeMap::new(),
         }
     }
 
@@ -228,6 +231,13 @@ impl LeaderElection {
     #[must_use]
     pub fn watch_lease(mut self, enabled: bool) -> Self {
         self.watch_lease = enabled;
+        self
+    }
+
+    /// Labels the Lease gets when this replica creates it (membership Leases of a shard group).
+    #[must_use]
+    pub(crate) fn labels(mut self, labels: std::collections::BTreeMap<String, String>) -> Self {
+        self.config.labels = labels;
         self
     }
 
@@ -688,6 +698,7 @@ impl<S: LeaseStore> Elector<S> {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.config.name.clone()),
+                    labels: (!self.config.labels.is_empty()).then(|| self.config.labels.clone()),
                     ..ObjectMeta::default()
                 },
                 spec: Some(LeaseSpec {
@@ -805,7 +816,7 @@ fn operator_namespace(env: Option<String>, file: Option<String>, client_default:
 }
 
 /// `POD_NAME`, else the hostname plus a random suffix (as controller-runtime).
-fn default_identity() -> String {
+pub(crate) fn default_identity() -> String {
     if let Ok(pod) = std::env::var("POD_NAME")
         && !pod.is_empty()
     {

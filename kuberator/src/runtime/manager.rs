@@ -14,6 +14,7 @@ use super::{
     leader::{LeaderElection, Leadership},
     metrics::Metrics,
     served::{WatchedKind, check_served},
+    shard::{Sharding, Shards},
     shared::{Caches, SharedWatches},
     shutdown::shutdown_signal,
 };
@@ -88,6 +89,7 @@ pub(crate) struct ProcessSettings {
     pub(crate) health: Option<SocketAddr>,
     pub(crate) leader_election: Option<LeaderElection>,
     pub(crate) leadership: Option<Arc<Leadership>>,
+    pub(crate) sharding: Option<Sharding>,
     pub(crate) permissions: Option<Rbac>,
     /// The kinds to check by discovery before starting, with the controllers that watch them.
     pub(crate) served: Vec<WatchedKind>,
@@ -134,6 +136,7 @@ impl ProcessSettings {
                 controller,
             );
         }
+        first(&mut self.sharding, other.sharding, "sharding", controller);
         for kind in other.served {
             self.watched_by.push((kind.clone(), controller.to_owned()));
             if !self.served.contains(&kind) {
@@ -161,6 +164,7 @@ pub(crate) struct Services {
     pub(crate) client: Client,
     pub(crate) metrics: Option<Metrics>,
     pub(crate) leadership: Option<Arc<Leadership>>,
+    pub(crate) shards: Option<Arc<Shards>>,
     pub(crate) shutdown: Option<BoxedShutdown>,
     pub(crate) readiness: ReadinessGate,
 }
@@ -287,6 +291,15 @@ impl Manager {
         self
     }
 
+    /// Splits the objects of every controller of the manager over the replicas of
+    /// `sharding`'s group: each replica reconciles only the objects that hash to it (see
+    /// [`Sharding`]). Combine with leader election only to run one sharded group at a time.
+    #[must_use]
+    pub fn sharding(mut self, sharding: Sharding) -> Self {
+        self.settings.sharding = Some(sharding);
+        self
+    }
+
     /// Checks at start-up that the manager holds every permission of `rbac` (merged with the
     /// permissions of the controllers that carry their own check).
     #[must_use]
@@ -340,13 +353,18 @@ impl Manager {
             }
             (None, None) => None,
         };
+        let shards = settings
+            .sharding
+            .map(|sharding| sharding.start(client.clone(), metrics.as_ref()))
+            .transpose()?;
         // When the user's signal fires, standbys waiting for leadership give up too.
         let shutdown: Option<BoxedShutdown> = settings.shutdown.map(|signal| {
             let leadership = leadership.clone();
+            let membership = shards.as_ref().map(|shards| shards.membership().clone());
             let wrapped: Pin<Box<dyn Future<Output = ()> + Send + Sync>> = Box::pin(async move {
                 signal.await;
-                if let Some(leadership) = &leadership {
-                    leadership.shutdown();
+                for election in leadership.iter().chain(membership.iter()) {
+                    election.shutdown();
                 }
             });
             wrapped.shared()
@@ -356,6 +374,7 @@ impl Manager {
             client,
             metrics: metrics.clone(),
             leadership: leadership.clone(),
+            shards: shards.clone(),
             shutdown: shutdown.clone(),
             readiness: ReadinessGate::new(readiness.clone()),
         };
@@ -411,6 +430,9 @@ impl Manager {
         futures::future::join_all(loops).await;
         for root in roots {
             root.abort();
+        }
+        if let Some(shards) = &shards {
+            shards.release().await;
         }
         if let Some(leadership) = &leadership {
             leadership.release().await;

@@ -8,6 +8,7 @@ pub mod metrics;
 mod operator;
 mod request;
 mod served;
+pub mod shard;
 mod shared;
 mod shutdown;
 mod timeout;
@@ -23,6 +24,7 @@ pub use request::{
     DEFAULT_REQUEST_TIMEOUT, MAX_RETRY_AFTER, RequestError, RequestGuard, THROTTLE_LOG_INTERVAL,
     client_without_retry, request_error,
 };
+pub use shard::{Sharding, Shards, rendezvous};
 pub use shared::{Cache, Cached, Caches};
 pub use shutdown::shutdown_signal;
 pub use timeout::DEFAULT_RECONCILE_TIMEOUT;

@@ -37,6 +37,7 @@ use super::{
     metrics::{ControllerMetrics, Metrics},
     request::RequestGuard,
     served::WatchedKind,
+    shard::{Admission, Sharding, Shards},
     shared::{Caches, SharedWatches},
     shutdown::shutdown_signal,
     timeout::{DEFAULT_RECONCILE_TIMEOUT, with_timeout},
@@ -138,6 +139,7 @@ pub struct Operator<R: Object> {
     health: Option<SocketAddr>,
     leader_election: Option<LeaderElection>,
     leadership: Option<Arc<Leadership>>,
+    sharding: Option<Sharding>,
     permissions: Option<Rbac>,
     watched: Vec<WatchedKind>,
     check_served: bool,
@@ -177,6 +179,7 @@ where
             health: None,
             leader_election: None,
             leadership: None,
+            sharding: None,
             permissions: None,
             watched: vec![WatchedKind::of::<R>()],
             check_served: true,
@@ -389,6 +392,23 @@ impl<R: Object> Operator<R> {
         self
     }
 
+    /// Splits the objects over the replicas of `sharding`'s group: each replica reconciles only
+    /// the objects that hash to it, and an object moves between replicas only after its old
+    /// owner drained it (see [`Sharding`]). In a [`Manager`], set it on the manager.
+    ///
+    /// ```no_run
+    /// # use kuberator::{Operator, runtime::Sharding};
+    /// # use k8s_openapi::api::core::v1::ConfigMap;
+    /// # fn doc(operator: Operator<ConfigMap>) -> Operator<ConfigMap> {
+    /// operator.sharding(Sharding::new("operators", "websites"))
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn sharding(mut self, sharding: Sharding) -> Self {
+        self.sharding = Some(sharding);
+        self
+    }
+
     /// Checks at start-up (SelfSubjectAccessReview) that the operator holds every permission of
     /// `rbac`; [`run`](Operator::run) fails with one error naming each missing one.
     #[must_use]
@@ -501,6 +521,7 @@ impl<R: Object> ManagedController for Operator<R> {
             health: self.health.take(),
             leader_election: self.leader_election.take(),
             leadership: self.leadership.take(),
+            sharding: self.sharding.take(),
             permissions: self.permissions.take(),
             served: if self.check_served {
                 std::mem::take(&mut self.watched)
@@ -523,6 +544,10 @@ impl<R: Object> ManagedController for Operator<R> {
         }
         if let Some(leadership) = &services.leadership {
             this.guard.attach(leadership.clone());
+        }
+        // A shard owner whose membership lapsed writes nothing either.
+        if let Some(shards) = &services.shards {
+            this.guard.attach(shards.membership().clone());
         }
         let controller_metrics = services.metrics.as_ref().map(|m| {
             let cm = m.controller(name.clone());
@@ -558,18 +583,27 @@ impl<R: Object> ManagedController for Operator<R> {
             leadership: services.leadership.clone(),
             reconcile_timeout: this.reconcile_timeout,
             in_flight: std::sync::atomic::AtomicU64::new(0),
-            stores: subscribed.iter().map(|(_, reader, _)| reader.clone()).collect(),
+            stores: subscribed
+                .iter()
+                .map(|(_, reader, _)| reader.clone())
+                .collect(),
+            shards: services.shards.clone(),
+            writer: this.guard.client(services.client.clone()),
         });
         let mut loops = SelectAll::new();
         for (scope, reader, changed) in subscribed {
             let trigger: BoxStream<'static, Arc<R>> = if this.generation_filter {
-                generation_filtered(changed, reader.clone()).boxed()
+                generation_filtered(changed, reader.clone(), services.shards.clone()).boxed()
             } else {
                 changed.boxed()
             };
             let mut controller = Controller::for_shared_stream(trigger, reader).with_config(
                 kube::runtime::controller::Config::default().concurrency(this.concurrency),
             );
+            if let Some(shards) = &services.shards {
+                // Every change of the member set re-checks every object's owner.
+                controller = controller.reconcile_all_on(shards.changes());
+            }
             let mut wiring = Wiring {
                 watches: &mut setup.watches,
                 client: &services.client,
@@ -613,8 +647,17 @@ impl<R: Object> ManagedController for Operator<R> {
                     None => std::future::pending().await,
                 }
             });
+            // With sharding: `kuberator_shard_objects` from the cache, every few seconds.
+            let mut census = tokio::time::interval(Duration::from_secs(2));
             loop {
                 tokio::select! {
+                    _ = census.tick(), if shared.shards.is_some() => {
+                        if let Some(shards) = &shared.shards {
+                            let objects: Vec<Arc<R>> =
+                                shared.stores.iter().flat_map(reflector::Store::state).collect();
+                            shards.count(&name, objects.iter().map(AsRef::as_ref));
+                        }
+                    }
                     result = loops.next() => match result {
                         Some(result) => log_result(&name, result),
                         None => break,
@@ -667,10 +710,15 @@ fn log_result<R: Object>(
 fn generation_filtered<R: Object>(
     changed: impl futures::Stream<Item = Arc<R>> + Send + 'static,
     cache: reflector::Store<R>,
+    shards: Option<Arc<Shards>>,
 ) -> impl futures::Stream<Item = Arc<R>> + Send + 'static {
     let mut seen: HashMap<ObjectRef<R>, u64> = HashMap::new();
     changed.filter(move |object| {
-        let keep = match generation_or_deletion(object.as_ref()) {
+        // With sharding, an owner label another replica wrote (a drain, a claim) counts too.
+        let shard = shards
+            .as_ref()
+            .map_or(0, |shards| shards.trigger_hash(object.as_ref()));
+        let keep = match generation_or_deletion(object.as_ref()).map(|hash| hash ^ shard) {
             Some(hash) => seen.insert(ObjectRef::from_obj(object.as_ref()), hash) != Some(hash),
             None => true,
         };
@@ -705,6 +753,10 @@ struct LoopState<R: Object> {
     /// The caches of `R`, one per scope: a reconcile runs on the object they hold when it gets
     /// its slot, not on the one it was dispatched with.
     stores: Vec<reflector::Store<R>>,
+    /// With sharding: this replica's view of its group.
+    shards: Option<Arc<Shards>>,
+    /// The guarded client for the shard label writes.
+    writer: Client,
 }
 
 impl<R: Object> LoopState<R> {
@@ -732,14 +784,27 @@ impl Drop for InFlight<'_> {
 }
 
 async fn reconcile<R: Object>(object: Arc<R>, shared: Arc<LoopState<R>>) -> Result<Action> {
-    match shared.leadership.clone() {
+    let leadership = shared.leadership.clone();
+    // A shard member runs only while its membership Lease is valid, like a leader.
+    let gated = match shared.shards.clone() {
+        Some(shards) => async move {
+            shards
+                .membership()
+                .while_leader(reconcile_counted(object, shared))
+                .await
+                .unwrap_or_else(|| Ok(Action::requeue(Duration::from_secs(1))))
+        }
+        .boxed(),
+        None => reconcile_counted(object, shared).boxed(),
+    };
+    match leadership {
         // A standby parks here with a warm cache and runs the moment it leads; a leader that
         // loses the Lease drops the reconcile at its next await.
         Some(leadership) => leadership
-            .while_leader(reconcile_counted(object, shared))
+            .while_leader(gated)
             .await
             .unwrap_or_else(|| Ok(Action::requeue(Duration::from_secs(1)))),
-        None => reconcile_counted(object, shared).await,
+        None => gated.await,
     }
 }
 
@@ -754,6 +819,19 @@ async fn reconcile_counted<R: Object>(object: Arc<R>, shared: Arc<LoopState<R>>)
     let Some(object) = shared.current(object.as_ref()) else {
         tracing::debug!(object = %display_ref(object.as_ref()), "object gone while its reconcile waited; dropped");
         return Ok(Action::await_change());
+    };
+    // With sharding: only the owner runs it, after claiming it if need be.
+    let object = match &shared.shards {
+        Some(shards) => match shards.admit(&shared.writer, object.clone()).await {
+            Ok(Admission::Run(object)) => object,
+            Ok(Admission::Skip) => return Ok(Action::await_change()),
+            Ok(Admission::Wait(delay)) => return Ok(Action::requeue(delay)),
+            Err(error) => {
+                tracing::warn!(object = %display_ref(object.as_ref()), %error, "cannot claim or hand over; retrying");
+                return Err(error);
+            }
+        },
+        None => object,
     };
     let timer = shared
         .metrics

@@ -89,7 +89,8 @@ pub struct RequestGuard {
 }
 
 struct Inner {
-    leadership: Mutex<Option<Arc<Leadership>>>,
+    /// Every election writes are gated on (leader election, shard membership).
+    leadership: Mutex<Vec<Arc<Leadership>>>,
     /// Milliseconds; 0 = no deadline.
     timeout_ms: AtomicU64,
     throttled: Counter,
@@ -101,7 +102,7 @@ struct Inner {
 impl Default for Inner {
     fn default() -> Self {
         Inner {
-            leadership: Mutex::new(None),
+            leadership: Mutex::new(Vec::new()),
             timeout_ms: AtomicU64::new(millis(DEFAULT_REQUEST_TIMEOUT)),
             throttled: Counter::default(),
             timeouts: Counter::default(),
@@ -130,13 +131,17 @@ impl RequestGuard {
         Self::default()
     }
 
-    /// Gates writes on `leadership` from now on.
+    /// Gates writes on `leadership` from now on (as well as on any election attached before:
+    /// the leader election and a shard membership both must be valid).
     pub fn attach(&self, leadership: Arc<Leadership>) {
-        *self
+        let mut attached = self
             .inner
             .leadership
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(leadership);
+            .unwrap_or_else(PoisonError::into_inner);
+        if !attached.iter().any(|known| Arc::ptr_eq(known, &leadership)) {
+            attached.push(leadership);
+        }
     }
 
     /// Sets the request deadline (`None`: none).
@@ -190,7 +195,7 @@ impl RequestGuard {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        leadership.is_none_or(|l| l.is_leader())
+        leadership.iter().all(|l| l.is_leader())
     }
 
     /// `Ok` when this replica may write; for handlers to call before side effects of their own.
