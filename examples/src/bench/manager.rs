@@ -1,5 +1,5 @@
 //! The manager row of `make bench`: the two controllers of [`crate::site_backup`] (sites, and
-//! backups that read and watch the sites) run by one [`Manager`] against the same two controllers
+//! backups that read and watch the sites) run by one [`Manager`](kuberator::runtime::Manager) against the same two controllers
 //! run as two separate operators in one process, which is what a user had before the manager.
 //! (The manager is [`site_backup::manager`].)
 //!
