@@ -1,7 +1,7 @@
 //! The manager row of `make bench`: the two controllers of [`crate::site_backup`] (sites, and
-//! backups that read and watch the sites) run by one [`Manager`](kuberator::runtime::Manager) against the same two controllers
-//! run as two separate operators in one process, which is what a user had before the manager.
-//! (The manager is [`site_backup::manager`].)
+//! backups that read and watch the sites) run by one [`Manager`](kuberator::runtime::Manager)
+//! ([`site_backup::manager`]) against the same two controllers run as two separate operators in
+//! one process, which is what a user had before the manager.
 //!
 //! Both layouts get a fresh control plane with the same pre-created objects (`m` sites and one
 //! backup per site). The table shows the watches the API server holds open for the process (per
