@@ -265,7 +265,16 @@ fn shares(
 async fn three_shards_split_the_objects_hand_a_quarter_to_a_fourth_and_take_over_a_killed_one() {
     let env = env().await;
     let api: Api<ConfigMap> = Api::namespaced(env.client(), "default");
-    let a = Replica::spawn_mode("shard-a", &env, "shard", &[]);
+    let health = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let a = Replica::spawn_mode(
+        "shard-a",
+        &env,
+        "shard",
+        &[("KUBERATOR_REPLICA_HEALTH", health.to_string())],
+    );
     let b = Replica::spawn_mode("shard-b", &env, "shard", &[]);
     let mut c = Replica::spawn_mode("shard-c", &env, "shard", &[]);
     for replica in [&a, &b, &c] {
@@ -293,6 +302,33 @@ async fn three_shards_split_the_objects_hand_a_quarter_to_a_fourth_and_take_over
     let split = shares(&initial);
     eprintln!("3 shards, {OBJECTS} objects: settled in {settled_in:?}, shares {split:?}");
     assert_eq!(split.len(), 3, "{split:?}");
+    // shard-a's /metrics: the member set and every member's objects, as its cache sees them.
+    let end = std::time::Instant::now() + 10 * SECOND;
+    loop {
+        let (_, metrics) = crate::operations::http_get(health, "/metrics").await;
+        let members = ["shard-a", "shard-b", "shard-c"]
+            .iter()
+            .all(|m| metrics.contains(&format!("kuberator_shard_member{{member=\"{m}\"}} 1")));
+        let objects = split.iter().all(|(m, share)| {
+            metrics.contains(&format!(
+                "kuberator_shard_objects{{controller=\"configmaps\",shard=\"{m}\"}} {share}"
+            ))
+        });
+        let rebalanced = metrics.contains("kuberator_shard_rebalances_total ");
+        if members && objects && rebalanced {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "shard metrics of shard-a:\n{}",
+            metrics
+                .lines()
+                .filter(|l| l.starts_with("kuberator_shard"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     for (member, share) in &split {
         let third = OBJECTS as f64 / 3.0;
         assert!(

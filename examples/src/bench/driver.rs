@@ -87,6 +87,12 @@ pub struct Options {
     pub storm_emits: usize,
     /// Sites (and as many backups) of the manager comparison (0: skipped).
     pub manager_objects: usize,
+    /// Objects of the sharding rows (0: skipped).
+    pub shard_objects: usize,
+    /// Replica counts of the sharding rows.
+    pub shard_replicas: Vec<usize>,
+    /// Simulated I/O per reconcile in the sharding rows, in milliseconds.
+    pub shard_work_ms: u64,
     /// The `bench_operator` binary (default: next to this one, built with cargo first).
     pub operator_bin: Option<PathBuf>,
 }
@@ -101,6 +107,9 @@ impl Default for Options {
             memory_objects: 10_000,
             storm_emits: 10_000,
             manager_objects: 500,
+            shard_objects: 3000,
+            shard_replicas: vec![1, 2, 4],
+            shard_work_ms: 20,
             operator_bin: None,
         }
     }
@@ -114,6 +123,9 @@ impl Options {
             memory_objects: 1000,
             storm_emits: 2000,
             manager_objects: 100,
+            shard_objects: 300,
+            shard_replicas: vec![1, 2, 4],
+            shard_work_ms: 20,
             ..Self::default()
         }
     }
@@ -124,6 +136,7 @@ pub const USAGE: &str = "\
 usage: bench [--quick] [--n 200,1000,5000] [--impls kuberator,raw,limit] [--concurrency 8]
              [--rounds 1]
              [--memory-objects 10000] [--storm-emits 10000] [--manager-objects 500]
+             [--shard-objects 3000] [--shard-replicas 1,2,4] [--shard-work-ms 20]
              [--operator-bin PATH]
 
   --quick            N=200, 1000 objects for memory, 2000 storm emits, 100 manager sites
@@ -135,6 +148,9 @@ usage: bench [--quick] [--n 200,1000,5000] [--impls kuberator,raw,limit] [--conc
   --memory-objects M objects for the RSS comparison (0: skip)
   --storm-emits E    identical emits of the event storm (0: skip)
   --manager-objects S sites (and S backups) of the manager-vs-separate-operators row (0: skip)
+  --shard-objects N  objects of the sharding rows (0: skip; --quick: 300)
+  --shard-replicas L replica counts of the sharding rows (default 1,2,4)
+  --shard-work-ms W  simulated I/O per reconcile in the sharding rows (default 20)
   --operator-bin P   the bench_operator binary (default: built with cargo, next to this one)";
 
 /// Parses the command line (without the program name).
@@ -189,6 +205,15 @@ pub fn parse_args(args: &[String]) -> anyhow::Result<Options> {
             "--memory-objects" => options.memory_objects = value.parse()?,
             "--storm-emits" => options.storm_emits = value.parse()?,
             "--manager-objects" => options.manager_objects = value.parse()?,
+            "--shard-objects" => options.shard_objects = value.parse()?,
+            "--shard-replicas" => {
+                options.shard_replicas = value
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?;
+            }
+            "--shard-work-ms" => options.shard_work_ms = value.parse()?,
             "--operator-bin" => options.operator_bin = Some(value.into()),
             _ => bail!("unknown argument `{arg}`\n{USAGE}"),
         }
@@ -264,6 +289,21 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         println!(
             "{}",
             super::manager::manager_table(options.manager_objects, &results)
+        );
+    }
+    if options.shard_objects > 0 && !options.shard_replicas.is_empty() {
+        let work = Duration::from_millis(options.shard_work_ms);
+        let results = super::shards::compare(
+            &bench.operator_bin,
+            options.shard_objects,
+            &options.shard_replicas,
+            work,
+            options.concurrency,
+        )
+        .await?;
+        println!(
+            "{}",
+            super::shards::shards_table(options.shard_objects, work, &results)
         );
     }
     if !summary.is_empty() {

@@ -10,7 +10,8 @@
 //!
 //! The driver ([`driver`]) starts a `TestEnv`, runs the workload through each implementation
 //! and prints the tables. [`manager`] adds the manager row: two controllers sharing a kind in one
-//! `Manager` against the same two as separate operators.
+//! `Manager` against the same two as separate operators; [`shards`] the sharding rows: 1, 2 and 4
+//! replicas of a sharded operator over one kind's objects.
 
 pub mod driver;
 pub mod kuberator_impl;
@@ -19,6 +20,7 @@ pub mod manager;
 pub mod metrics;
 pub mod proc;
 pub mod raw;
+pub mod shards;
 
 use kuberator::prelude::*;
 

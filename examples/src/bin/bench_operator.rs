@@ -24,6 +24,8 @@ async fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("usage: bench_operator kuberator|raw|limit --kubeconfig PATH"))?;
     let mut kubeconfig = None;
     let mut concurrency = DEFAULT_CONCURRENCY;
+    let mut identity = None;
+    let mut work_ms = 20_u64;
     while let Some(arg) = args.next() {
         let value = args
             .next()
@@ -31,6 +33,8 @@ async fn main() -> anyhow::Result<()> {
         match arg.as_str() {
             "--kubeconfig" => kubeconfig = Some(value),
             "--concurrency" => concurrency = value.parse()?,
+            "--identity" => identity = Some(value),
+            "--work-ms" => work_ms = value.parse()?,
             _ => bail!("unknown argument `{arg}`"),
         }
     }
@@ -40,6 +44,12 @@ async fn main() -> anyhow::Result<()> {
         "kuberator" => kuberator_impl::run(client, concurrency).await?,
         "raw" => raw::run(client, concurrency).await?,
         "limit" => limit::run(client, concurrency).await?,
+        "shard" => {
+            let identity = identity.ok_or_else(|| anyhow!("shard needs --identity"))?;
+            let work = std::time::Duration::from_millis(work_ms);
+            kuberator_examples::bench::shards::run(client, identity, work, concurrency).await?;
+            return Ok(());
+        }
         other => {
             let layout = Layout::parse(other).ok_or_else(|| {
                 anyhow!(
