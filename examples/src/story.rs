@@ -1,7 +1,7 @@
 //! What the examples share: running an operator in the background of a story, and waiting for
 //! an object to reach a state (kube's `await_condition` with a timeout).
 
-use std::{fmt::Debug, future::Future, pin::Pin, time::Duration};
+use std::{fmt::Debug, future::Future, time::Duration};
 
 use anyhow::{Context as _, anyhow};
 use kube::{
@@ -9,59 +9,13 @@ use kube::{
     runtime::wait::{Condition, await_condition, conditions},
 };
 use serde::de::DeserializeOwned;
-use tokio::{sync::oneshot, task::JoinHandle};
 
 /// How long a story waits for the operator before giving up.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Resolves when the story asks the operator to stop: pass it to `Operator::shutdown_on` or
-/// `Reconcile::start`.
-pub type StopSignal = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
-
-/// An operator running on a background task until [`stop`](Background::stop).
-pub struct Background<T> {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<T>,
-}
-
-/// Starts `run` on a background task; it gets the signal that [`Background::stop`] fires.
-///
-/// ```no_run
-/// # async fn doc(operator: kuberator::Operator<k8s_openapi::api::core::v1::ConfigMap>) -> anyhow::Result<()> {
-/// let running = kuberator_examples::story::background(|stop| operator.shutdown_on(stop).run());
-/// // … the story …
-/// running.stop().await??;
-/// # Ok(()) }
-/// ```
-pub fn background<F, Fut>(run: F) -> Background<Fut::Output>
-where
-    F: FnOnce(StopSignal) -> Fut,
-    Fut: Future + Send + 'static,
-    Fut::Output: Send + 'static,
-{
-    let (stop, stopped) = oneshot::channel::<()>();
-    let signal: StopSignal = Box::pin(async move {
-        let _ = stopped.await;
-    });
-    Background {
-        stop,
-        task: tokio::spawn(run(signal)),
-    }
-}
-
-impl<T> Background<T> {
-    /// Signals shutdown and waits until in-flight reconciles finished and the loop returned.
-    ///
-    /// # Errors
-    /// When the loop does not stop within [`TIMEOUT`] or its task panicked.
-    pub async fn stop(self) -> anyhow::Result<T> {
-        let _ = self.stop.send(());
-        tokio::time::timeout(TIMEOUT, self.task)
-            .await
-            .context("the operator did not stop in time")?
-            .context("the operator's task failed")
-    }
-}
+/// Running an operator in the background of a story: the library's test helper
+/// ([`kuberator::testing::background`]).
+pub use kuberator::testing::{Background, StopSignal, background};
 
 /// Waits until object `name` satisfies `condition` (checked on every watch event) and returns it.
 ///

@@ -55,6 +55,12 @@ pub trait Finalize<R: Object, P: ProvideApi<R>>: Send + Sync + 'static {
         "kuberator"
     }
 
+    /// How status is written: a merge patch (the default) or a server-side apply as
+    /// [`field_manager`](Finalize::field_manager).
+    fn status_writes(&self) -> StatusWrites {
+        StatusWrites::Merge
+    }
+
     /// Runs `context`'s `handle_apply` or `handle_cleanup` with the finalizer added or removed
     /// around it.
     ///
@@ -101,7 +107,14 @@ pub trait Finalize<R: Object, P: ProvideApi<R>>: Send + Sync + 'static {
             status.set_observed_generation(generation);
         }
         let api = self.api_provider().get(object.namespace().as_deref())?;
-        patch_status(&api, object, &status, self.field_manager()).await
+        patch_status(
+            &api,
+            object,
+            &status,
+            self.field_manager(),
+            self.status_writes(),
+        )
+        .await
     }
 
     /// Like [`update_status`](Finalize::update_status), and sets (or clears with `None`) the
@@ -181,14 +194,27 @@ pub trait Finalize<R: Object, P: ProvideApi<R>>: Send + Sync + 'static {
         let after = serde_json::to_value(&after).map_err(serde_error)?;
         // No status yet: write a complete one (built from `Default`), so that fields the schema
         // requires are there; otherwise only the fields that changed, keeping other writers'.
+        // A server-side apply writes the whole status: fields this manager applied before and
+        // left out would be removed.
+        let writes = self.status_writes();
         let changes = match (existing, after) {
             (None, serde_json::Value::Object(all)) => all,
-            (_, after) => changed_fields(&before, &after),
+            (_, after) => {
+                let changes = changed_fields(&before, &after);
+                match (writes, after) {
+                    (StatusWrites::Apply, serde_json::Value::Object(all))
+                        if !changes.is_empty() =>
+                    {
+                        all
+                    }
+                    _ => changes,
+                }
+            }
         };
         if changes.is_empty() {
             return Ok(());
         }
-        patch_status(&api, object, &changes, self.field_manager()).await
+        patch_status(&api, object, &changes, self.field_manager(), writes).await
     }
 }
 
@@ -215,12 +241,27 @@ fn changed_fields(
     changes
 }
 
-/// Merge-patches `status` onto `object`'s status subresource, retrying 409 conflicts.
+/// How the operator writes status (see [`CtxBuilder::status_writes`](crate::CtxBuilder::status_writes)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StatusWrites {
+    /// A JSON merge patch of the fields written (the default): other writers' status fields are
+    /// kept, and so are fields this operator wrote before and no longer sets.
+    #[default]
+    Merge,
+    /// A server-side apply of the whole status as the operator's field manager (forced): the
+    /// status fields the operator owns are exactly those of its last write, and
+    /// `metadata.managedFields` shows them as its own.
+    Apply,
+}
+
+/// Writes `status` onto `object`'s status subresource (merge patch or server-side apply),
+/// retrying 409 conflicts.
 pub(crate) async fn patch_status<R: Object, S: Serialize>(
     api: &Api<R>,
     object: &R,
     status: &S,
     field_manager: &str,
+    writes: StatusWrites,
 ) -> Result<()> {
     let name = object
         .meta()
@@ -230,11 +271,23 @@ pub(crate) async fn patch_status<R: Object, S: Serialize>(
             object: ObjectKey::of(object),
             field: "metadata.name",
         })?;
-    let patch = Patch::Merge(json!({ "status": status }));
-    let params = PatchParams::apply(field_manager);
-    let params = PatchParams {
-        force: false,
-        ..params
+    let (patch, params) = match writes {
+        StatusWrites::Merge => (
+            Patch::Merge(json!({ "status": status })),
+            PatchParams {
+                force: false,
+                ..PatchParams::apply(field_manager)
+            },
+        ),
+        StatusWrites::Apply => (
+            Patch::Apply(json!({
+                "apiVersion": R::api_version(&()),
+                "kind": R::kind(&()),
+                "metadata": { "name": name },
+                "status": status,
+            })),
+            PatchParams::apply(field_manager).force(),
+        ),
     };
     let mut attempt = 0;
     loop {

@@ -15,9 +15,9 @@ use crate::{
     cache::{ApiScope, CachingStrategy, ProvideApi, StaticApiProvider},
     error::{Error, ObjectKey, Result},
     events::{EmitEvent, EventData, EventRecorder},
-    finalize::{Finalize, Object, with_finalizer},
+    finalize::{Finalize, Object, StatusWrites, with_finalizer},
     repository::K8sRepository,
-    runtime::{Backoff, Cache, Cached, Caches, Operator, Reconciler, RequestGuard},
+    runtime::{Backoff, Cache, Cached, Caches, Operator, OwnWrites, Reconciler, RequestGuard},
     status::ObserveGeneration,
 };
 
@@ -63,6 +63,7 @@ pub trait Handler<R: Object>: Send + Sync + 'static {
 pub struct Ctx<R: Object> {
     client: Client,
     name: String,
+    field_manager: String,
     repository: K8sRepository<R, StaticApiProvider<R>>,
     events: Option<EventRecorder>,
     finalizer: Option<&'static str>,
@@ -70,6 +71,7 @@ pub struct Ctx<R: Object> {
     namespaces: Vec<String>,
     caches: Caches,
     guard: RequestGuard,
+    own_writes: OwnWrites,
     /// Whether `emit` without a recorder has warned already (it warns once).
     warned_no_events: std::sync::atomic::AtomicBool,
 }
@@ -83,6 +85,8 @@ where
         CtxBuilder {
             client,
             name: None,
+            field_manager: None,
+            status_writes: StatusWrites::Merge,
             namespaces: Vec::new(),
             caching: None,
             events: None,
@@ -116,9 +120,15 @@ impl<R: Object> Ctx<R> {
         self.guard.check()
     }
 
-    /// The operator's name: its field manager and the controller name in logs.
+    /// The operator's name: the controller name in logs and metrics, and the default field
+    /// manager.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The field manager of every write: child applies, status, finalizers.
+    pub fn field_manager(&self) -> &str {
+        &self.field_manager
     }
 
     /// The repository: finalizers and status through cached API handles.
@@ -178,12 +188,21 @@ impl<R: Object> Ctx<R> {
     ///
     /// # Access control
     /// `patch` on the resource's `status` subresource.
-    pub async fn update_status<S>(&self, object: &R, status: S) -> Result<()>
+    ///
+    /// A resource without a status (no `status = "…"` in its `#[kube(...)]`) is one compile
+    /// error at the call, saying so ([`WithStatus`]).
+    pub fn update_status<'a, S>(
+        &'a self,
+        object: &'a R,
+        status: S,
+    ) -> futures::future::BoxFuture<'a, Result<()>>
     where
-        R: HasStatus<Status = S>,
+        R: WithStatus<S>,
         S: ObserveGeneration + Serialize + Send + Sync + 'static,
     {
-        self.repository.update_status(object, status).await
+        // A boxed future, not an `async fn`: its type does not repeat the bound, so a resource
+        // without a status is one error (the bound), not one more per use of the future.
+        self.repository.update_status(object, status)
     }
 
     /// Emits an event about `object`. Never fails. Without an event recorder (no `events = …`
@@ -256,15 +275,37 @@ impl<R: Object> Ctx<R> {
             obj.insert("apiVersion".into(), C::api_version(&()).into());
             obj.insert("kind".into(), C::kind(&()).into());
         }
-        api.patch(
-            &name,
-            &PatchParams::apply(&self.name).force(),
-            &Patch::Apply(value),
-        )
-        .await
-        .map_err(|e| Error::kube("applying child", ObjectKey::of(&child), e))
+        // Its watch event is the echo of this write: recorded so that it does not re-trigger
+        // the owner (see `OwnWrites`).
+        let write = self.own_writes.begin(&child);
+        let applied = api
+            .patch(
+                &name,
+                &PatchParams::apply(&self.field_manager).force(),
+                &Patch::Apply(value),
+            )
+            .await
+            .map_err(|e| Error::kube("applying child", ObjectKey::of(&child), e))?;
+        write.answered(applied.meta().resource_version.as_deref());
+        Ok(applied)
+    }
+
+    /// The record of this operator's own child writes, shared with its [`Operator`].
+    pub fn own_writes(&self) -> &OwnWrites {
+        &self.own_writes
     }
 }
+
+/// A resource whose status is `S`: what [`Ctx::update_status`] needs (implemented for every
+/// `HasStatus<Status = S>`, i.e. every `#[derive(CustomResource)]` with `status = "S"`).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has no status, so `update_status` cannot write a `{S}`",
+    label = "`{Self}` has no status subresource",
+    note = "add `status = \"{S}\"` to `#[kube(...)]` on the spec struct that derives `CustomResource`"
+)]
+pub trait WithStatus<S>: HasStatus<Status = S> {}
+
+impl<R: HasStatus<Status = S>, S> WithStatus<S> for R {}
 
 /// The default name of an operator for `R` (its field manager, controller name and RBAC name):
 /// `<plural>.<group>-operator`, e.g. `websites.example.com-operator`.
@@ -281,6 +322,8 @@ pub fn operator_name<R: Resource<DynamicType = ()>>() -> String {
 pub struct CtxBuilder<R: Object> {
     client: Client,
     name: Option<String>,
+    field_manager: Option<String>,
+    status_writes: StatusWrites,
     namespaces: Vec<String>,
     caching: Option<CachingStrategy>,
     events: Option<String>,
@@ -293,10 +336,28 @@ impl<R: Object> CtxBuilder<R>
 where
     R::Scope: ApiScope,
 {
-    /// The operator's name (field manager, controller name). Default: `<plural>.<group>-operator`.
+    /// The operator's name: the controller name in logs and metrics, and the field manager
+    /// unless [`field_manager`](Self::field_manager) sets one. Default:
+    /// `<plural>.<group>-operator`.
     #[must_use]
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
+        self
+    }
+
+    /// The field manager of every write (child applies, status, finalizers), as
+    /// `metadata.managedFields` shows it. Default: the [`name`](Self::name).
+    #[must_use]
+    pub fn field_manager(mut self, field_manager: impl Into<String>) -> Self {
+        self.field_manager = Some(field_manager.into());
+        self
+    }
+
+    /// How status is written: a merge patch ([`StatusWrites::Merge`], the default) or a
+    /// server-side apply as the field manager ([`StatusWrites::Apply`]).
+    #[must_use]
+    pub fn status_writes(mut self, writes: StatusWrites) -> Self {
+        self.status_writes = writes;
         self
     }
 
@@ -345,6 +406,7 @@ where
     /// None today; the `Result` leaves room for start-up checks.
     pub fn build(self) -> Result<Ctx<R>> {
         let name = self.name.unwrap_or_else(operator_name::<R>);
+        let field_manager = self.field_manager.unwrap_or_else(|| name.clone());
         let caching = self.caching.unwrap_or(if self.namespaces.is_empty() {
             CachingStrategy::Extendable
         } else {
@@ -360,17 +422,20 @@ where
         let provider = StaticApiProvider::new(client.clone(), namespaces.clone(), caching);
         Ok(Ctx {
             warned_no_events: std::sync::atomic::AtomicBool::new(false),
-            repository: K8sRepository::new(client.clone(), provider, name.clone()),
+            repository: K8sRepository::new(client.clone(), provider, field_manager.clone())
+                .status_writes(self.status_writes),
             events: self
                 .events
                 .map(|component| EventRecorder::new(client.clone(), component)),
             client,
             name,
+            field_manager,
             finalizer: self.finalizer,
             legacy_finalizers: self.legacy_finalizers,
             namespaces,
             caches: Caches::new(),
             guard,
+            own_writes: OwnWrites::new(),
         })
     }
 }
@@ -491,18 +556,20 @@ where
     /// An operator running `handler` with its context's namespaces and name.
     pub fn new<H: Handler<R>>(handler: H) -> Self {
         let ctx = handler.ctx();
-        let (client, namespaces, name, caches, guard) = (
+        let (client, namespaces, name, caches, guard, own_writes) = (
             ctx.client.clone(),
             ctx.namespaces.clone(),
             ctx.name.clone(),
             ctx.caches.clone(),
             ctx.guard.clone(),
+            ctx.own_writes.clone(),
         );
         Operator::with_reconciler(client, HandlerReconciler(handler))
             .namespaces(namespaces)
             .name(name)
             .share_caches(caches)
             .request_guard(guard)
+            .own_writes(own_writes)
     }
 }
 

@@ -6,7 +6,7 @@ use kube::{Client, Resource};
 
 use crate::{
     cache::{ProvideApi, StaticApiProvider},
-    finalize::{Finalize, Object},
+    finalize::{Finalize, Object, StatusWrites},
 };
 
 /// The generic repository: an API provider plus a field manager; implements
@@ -24,6 +24,7 @@ pub struct K8sRepository<R: Resource, P = StaticApiProvider<R>> {
     client: Client,
     api_provider: P,
     field_manager: String,
+    status_writes: StatusWrites,
     _resource: PhantomData<fn() -> R>,
 }
 
@@ -34,8 +35,16 @@ impl<R: Resource, P> K8sRepository<R, P> {
             client,
             api_provider,
             field_manager: field_manager.into(),
+            status_writes: StatusWrites::Merge,
             _resource: PhantomData,
         }
+    }
+
+    /// Writes status with `writes` (default [`StatusWrites::Merge`]).
+    #[must_use]
+    pub fn status_writes(mut self, writes: StatusWrites) -> Self {
+        self.status_writes = writes;
+        self
     }
 
     /// The client.
@@ -51,5 +60,9 @@ impl<R: Object, P: ProvideApi<R>> Finalize<R, P> for K8sRepository<R, P> {
 
     fn field_manager(&self) -> &str {
         &self.field_manager
+    }
+
+    fn status_writes(&self) -> StatusWrites {
+        self.status_writes
     }
 }

@@ -6,6 +6,7 @@ pub mod leader;
 mod manager;
 pub mod metrics;
 mod operator;
+mod own_writes;
 mod request;
 mod served;
 pub mod shard;
@@ -20,6 +21,7 @@ pub use leader::{LeaderElection, Leadership};
 pub use manager::{IntoController, Manager};
 pub use metrics::{ControllerMetrics, Metrics};
 pub use operator::{DEFAULT_SHUTDOWN_TIMEOUT, Operator, Reconciler, default_error_policy};
+pub use own_writes::{OwnWrite, OwnWrites};
 pub use request::{
     DEFAULT_REQUEST_TIMEOUT, MAX_RETRY_AFTER, RequestError, RequestGuard, THROTTLE_LOG_INTERVAL,
     client_without_retry, request_error,

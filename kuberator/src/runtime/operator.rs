@@ -35,6 +35,7 @@ use super::{
         ProcessSettings, Read, ReadinessGate, Services, Setup,
     },
     metrics::{ControllerMetrics, Metrics},
+    own_writes::OwnWrites,
     request::RequestGuard,
     served::WatchedKind,
     shard::{Admission, Sharding, Shards},
@@ -98,6 +99,7 @@ struct Wiring<'a> {
     client: &'a Client,
     readiness: &'a ReadinessGate,
     name: &'a str,
+    own_writes: &'a OwnWrites,
 }
 
 /// The controller loop for `R`, configured with a builder.
@@ -146,6 +148,7 @@ pub struct Operator<R: Object> {
     reconcile_timeout: Option<Duration>,
     shutdown_timeout: Option<Duration>,
     guard: RequestGuard,
+    own_writes: OwnWrites,
 }
 
 /// The longest error message in the "reconcile failed" log line (4 KiB; a retried 2 MiB error
@@ -186,6 +189,7 @@ where
             reconcile_timeout: Some(DEFAULT_RECONCILE_TIMEOUT),
             shutdown_timeout: Some(DEFAULT_SHUTDOWN_TIMEOUT),
             guard: RequestGuard::new(),
+            own_writes: OwnWrites::new(),
         }
     }
 }
@@ -243,8 +247,11 @@ impl<R: Object> Operator<R> {
         self
     }
 
-    /// Reconciles the owner when an owned `Child` (one with an owner reference to an `R`)
-    /// changes or is deleted. Children are watched metadata-only.
+    /// Reconciles the owner when an owned `Child` (one with a controller owner reference to an
+    /// `R`) changes or is deleted. Children are watched metadata-only. The echo of the
+    /// operator's own child writes ([`Ctx::apply_child`](crate::Ctx::apply_child), see
+    /// [`OwnWrites`]) does not re-trigger the owner: one spec change is one reconcile, while a
+    /// change by any other writer (a `kubectl edit`, a deletion) still reconciles the owner.
     #[must_use]
     pub fn owns<Child>(mut self) -> Self
     where
@@ -271,7 +278,7 @@ impl<R: Object> Operator<R> {
                     make,
                     wiring.readiness.expect(wiring.name),
                 );
-                controller.owns_shared_stream(children)
+                controller.owns_shared_stream(wiring.own_writes.filter(children))
             }));
         self
     }
@@ -468,6 +475,15 @@ impl<R: Object> Operator<R> {
         self
     }
 
+    /// Shares `writes` (e.g. a [`Ctx`](crate::Ctx)'s, which [`Operator::new`] does for you): the
+    /// child writes recorded there do not re-trigger their owner through
+    /// [`owns`](Operator::owns).
+    #[must_use]
+    pub fn own_writes(mut self, writes: OwnWrites) -> Self {
+        self.own_writes = writes;
+        self
+    }
+
     /// The operator's [`RequestGuard`]: wrap your own clients with it
     /// ([`RequestGuard::client`]) so that they too stop writing when leadership is in doubt.
     pub fn guard(&self) -> &RequestGuard {
@@ -609,6 +625,7 @@ impl<R: Object> ManagedController for Operator<R> {
                 client: &services.client,
                 readiness: &services.readiness,
                 name: &name,
+                own_writes: &this.own_writes,
             };
             for owns in &this.owns {
                 controller = owns(controller, &mut wiring, scope.as_deref());

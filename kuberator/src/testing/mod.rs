@@ -16,6 +16,7 @@
 //! by `scripts/control-plane.sh ensure`; see [`assets_dir`] for where they are looked up.
 
 mod assets;
+mod background;
 mod certs;
 mod env;
 mod faults;
@@ -25,5 +26,6 @@ mod process;
 pub use assets::{
     KUBERNETES_VERSION, SUPPORTED_KUBERNETES_VERSIONS, assets_dir, kubernetes_version,
 };
+pub use background::{Background, DEFAULT_TIMEOUT, StopSignal, background, until};
 pub use env::{TestEnv, TestEnvBuilder};
 pub use faults::ServiceAccountAccess;
