@@ -24,40 +24,17 @@ pub struct StrictSpec {
     pub fail: String,
 }
 
-/// `hidden` and `conditions` are required by the schema (no `Option`, no serde default).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
+/// `hidden` and `conditions` are required by the schema (no `Option`, no serde default). The
+/// derive finds the error slot and the `conditions` field (`RecordError::conditions`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema, ObserveGeneration)]
 #[serde(rename_all = "camelCase")]
 pub struct StrictStatus {
     pub observed_generation: Option<i64>,
     pub hidden: bool,
+    #[status_error]
     pub error: Option<StatusError>,
     #[schemars(schema_with = "kuberator::conditions::schema")]
     pub conditions: Vec<Condition>,
-}
-
-// By hand, as a status without the derive would (the derive generates the same).
-impl ObserveGeneration for StrictStatus {
-    fn set_observed_generation(&mut self, generation: i64) {
-        self.observed_generation = Some(generation);
-    }
-    fn observed_generation(&self) -> Option<i64> {
-        self.observed_generation
-    }
-}
-
-impl RecordError for StrictStatus {
-    fn record_error(&mut self, error: Option<&Error>) -> bool {
-        let error = error.map(|e| StatusError {
-            reason: e.reason().into_owned(),
-            message: e.to_string(),
-        });
-        let changed = self.error != error;
-        self.error = error;
-        changed
-    }
-    fn conditions(&mut self) -> Option<&mut Vec<Condition>> {
-        Some(&mut self.conditions)
-    }
 }
 
 #[derive(Debug, thiserror::Error, AsStatusError)]

@@ -93,6 +93,11 @@ use proc_macro::TokenStream;
 ///   `T: kuberator::FromStatusError` (e.g. `kuberator::StatusError`, or `String`). A status with
 ///   a slot must implement `Default`: an error on an object that has no status yet is recorded in
 ///   `Default::default()` (so required fields need defaults too).
+/// - **kstatus conditions** (optional): a field named `conditions` of type `Vec<Condition>` or
+///   `Option<Vec<Condition>>` (`kuberator::conditions::Condition`). The runtime then sets
+///   `Stalled=True` / `Ready=False` for a terminal error and `Reconciling=True` for a retried one,
+///   with the error's reason and message, in the same status write as the error slot
+///   (`RecordError::conditions`).
 /// - **Serialised name**: the observed generation must be stored as `observedGeneration` (what
 ///   `kubectl wait` and kstatus read): `#[serde(rename_all = "camelCase")]` on the struct, or
 ///   `#[serde(rename = "observedGeneration")]` on the field.
@@ -211,12 +216,15 @@ pub fn derive_as_status_error(input: TokenStream) -> TokenStream {
 /// | key | default | meaning |
 /// |---|---|---|
 /// | `resource = Website` (or `"Website"`) | required | the resource reconciled: `kube::Resource<DynamicType = ()>` + `Clone + Debug + Serialize + DeserializeOwned`, e.g. a `#[derive(CustomResource)]` type or a `k8s_openapi` type |
+/// | `name = "website-operator"` | `<plural>.<group>-operator` | the controller name (logs, metrics' `controller` label), the name of the generated RBAC objects and the default field manager; a DNS subdomain |
+/// | `field_manager = "website-operator"` | the name | the field manager of every write (child applies, status, finalizers) |
+/// | `status_writes = "apply"` | `"merge"` | write status by server-side apply as the field manager (`kuberator::StatusWrites::Apply`) instead of a merge patch |
 /// | `finalizer = "example.com/name"` | none | adds this finalizer and calls `cleanup` before deletion. A qualified name as Kubernetes accepts it: a name of at most 63 letters, digits, `-`, `_`, `.`, optionally after a DNS subdomain prefix and `/` (recommended: a domain you own, `example.com/cleanup`). Or the path of a `&str` const, checked at compile time |
 /// | `legacy_finalizers("old.name", …)` | none | finalizers a previous operator added: replaced by `finalizer` on every object (on one being deleted, `cleanup` runs and they are removed), so a port leaves nothing stuck in `Terminating` |
 /// | `namespaces("a", "b")` | all namespaces | watch (and pre-cache API handles for) only these namespaces; DNS-1123 labels, at least one; only for namespaced resources |
 /// | `caching = Strict \| Adhoc \| Extendable` | `Strict` with `namespaces`, else `Extendable` | how API handles for namespaces outside the pre-cached ones are treated: `Strict` refuses them, `Adhoc` builds one each time, `Extendable` caches them on first use |
 /// | `concurrency = N` | `1` (sequential) | at most N objects reconciled at once, 1 ≤ N ≤ 65535; one object is never reconciled twice at once |
-/// | `owns(ConfigMap, Service)` | none | also reconcile the owner when an owned child of these kinds changes |
+/// | `owns(ConfigMap, Service)` | none | also reconcile the owner when an owned child of these kinds changes or is deleted; the echo of the operator's own `ctx.apply_child` writes does not re-trigger it |
 /// | `labels = "app=web"` | every object | a label selector (`a=b`, `a!=b`, `a in (x, y)`, `a notin (x)`, `a`, `!a`, comma-separated), checked at compile time |
 /// | `events = "website-operator"` | no recorder | gives `Ctx` an event recorder reporting as this component (`reportingController`, a qualified name); without it `ctx.emit` does nothing |
 /// | `leader_election = "website-operator"` | off | reconcile only while holding this Lease (in the operator's namespace: `POD_NAMESPACE`, the service account's, or the client's default); standbys keep warm caches |
@@ -239,9 +247,11 @@ pub fn derive_as_status_error(input: TokenStream) -> TokenStream {
 ///
 /// # Generated
 ///
-/// Next to the impl block, which is kept unchanged (but for `#[allow(clippy::unused_async)]` on
-/// `apply` and `cleanup`), for a handler type `Websites`, all inside an anonymous `const _`, so
-/// that nothing clashes with the user's names:
+/// `apply` and `cleanup` move, as written (with `#[allow(clippy::unused_async)]`), into the impl of
+/// a trait private to the expansion: only the operator calls them, and a second block on the same
+/// type does not clash by method name. The rest of the block is kept unchanged. Next to it, for a
+/// handler type `Websites`, all inside an anonymous `const _`, so that nothing clashes with the
+/// user's names:
 ///
 /// - a private struct holding the handler and its `Ctx`, with `impl kuberator::Handler<Website>`
 ///   forwarding `apply` / `cleanup` to your methods and recording errors in the object's status

@@ -8,7 +8,7 @@ use syn::spanned::Spanned;
 use syn::{Attribute, Data, DeriveInput, Field, Fields, Generics, Ident, Type};
 
 use crate::paths::{Root, crate_path};
-use crate::util::{error_at, error_at_span, is_named, option_inner, source};
+use crate::util::{error_at, error_at_span, is_named, option_inner, path_tail, source};
 
 /// The field found by name when none is marked.
 const DEFAULT_FIELD: &str = "observed_generation";
@@ -86,6 +86,68 @@ struct Status<'a> {
     generics: &'a Generics,
     generation: GenerationField<'a>,
     error: Option<ErrorField<'a>>,
+    conditions: Option<ConditionsField<'a>>,
+}
+
+/// A field `conditions: Vec<Condition>` (or `Option<Vec<Condition>>`): the kstatus conditions the
+/// runtime sets with a recorded error.
+struct ConditionsField<'a> {
+    ident: &'a Ident,
+    ty: &'a Type,
+    optional: bool,
+}
+
+impl<'a> ConditionsField<'a> {
+    /// The field named `conditions` whose type is `Vec<…Condition>`, or `Option` of that.
+    fn find(fields: &[&'a Field]) -> Option<Self> {
+        let field = fields
+            .iter()
+            .find(|field| field.ident.as_ref().is_some_and(|i| i == "conditions"))?;
+        let is_conditions = |ty: &Type| match path_tail(ty) {
+            Some((vec, args)) if vec == "Vec" && args.len() == 1 => {
+                path_tail(args[0]).is_some_and(|(inner, _)| inner == "Condition")
+            }
+            _ => false,
+        };
+        let optional = match path_tail(&field.ty) {
+            Some((option, args)) if option == "Option" && args.len() == 1 => {
+                if !is_conditions(args[0]) {
+                    return None;
+                }
+                true
+            }
+            _ if is_conditions(&field.ty) => false,
+            _ => return None,
+        };
+        Some(ConditionsField {
+            ident: field.ident.as_ref()?,
+            ty: &field.ty,
+            optional,
+        })
+    }
+
+    /// `RecordError::conditions`, spanned on the field's type (another `Condition` type is one
+    /// error there).
+    fn method(&self, root: &Root) -> TokenStream {
+        let span = self.ty.span();
+        let root = root.at(span);
+        let field = self.ident;
+        let value = if self.optional {
+            quote_spanned!(span=> ::core::option::Option::get_or_insert_with(
+                &mut self.#field,
+                ::std::vec::Vec::new,
+            ))
+        } else {
+            quote_spanned!(span=> &mut self.#field)
+        };
+        quote_spanned! {span=>
+            fn conditions(
+                &mut self,
+            ) -> ::core::option::Option<&mut ::std::vec::Vec<#root::conditions::Condition>> {
+                ::core::option::Option::Some(#value)
+            }
+        }
+    }
 }
 
 /// The observed-generation field; `optional` for `Option<i64>`, otherwise `i64`.
@@ -210,6 +272,7 @@ impl<'a> Status<'a> {
             .first()
             .and_then(|field| errors.handle(ErrorField::new(field)));
 
+        let conditions = ConditionsField::find(&fields);
         let generation = errors.finish_with(generation)?;
         // `finish_with` returned Ok, so nothing failed and the field was found.
         let generation = generation.ok_or_else(|| Error::custom("no observed-generation field"))?;
@@ -219,6 +282,7 @@ impl<'a> Status<'a> {
             generics: &input.generics,
             generation,
             error,
+            conditions,
         })
     }
 
@@ -239,6 +303,10 @@ impl<'a> Status<'a> {
             )
         };
 
+        let conditions = self
+            .conditions
+            .as_ref()
+            .map(|conditions| conditions.method(&self.root));
         let mut tokens = quote! {
             #[automatically_derived]
             impl #impl_generics #root::ObserveGeneration for #ident #ty_generics #where_clause {
@@ -261,6 +329,7 @@ impl<'a> Status<'a> {
                     ) -> bool {
                         false
                     }
+                    #conditions
                 }
             }),
             Some(ErrorField { ident: slot, inner }) => {
@@ -305,6 +374,7 @@ impl<'a> Status<'a> {
                                 }
                             }
                         }
+                        #conditions
                     }
 
                     #[automatically_derived]

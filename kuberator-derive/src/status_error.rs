@@ -361,12 +361,22 @@ impl<'a> ErrorEnum<'a> {
         let root = self.root.call_site();
         let ErrorEnum { ident, target, .. } = self;
         let (impl_generics, ty_generics, _) = self.generics.split_for_impl();
-        // One bound on the enum's name, on every impl: without `std::error::Error` (e.g. no
-        // `thiserror::Error`) that is one error there, not one per use of `Display` in the bodies.
+        // One bound on every impl: without `std::error::Error` (e.g. no `thiserror::Error`) the
+        // bodies add no error of their own. Higher-ranked, so that rustc does not report it as a
+        // trivially false bound (in its own wording) on each impl; the one error is the assertion
+        // below, on the enum's name, with `UserError`'s message.
         let error_root = self.root.at(ident.span());
         let user_error = quote_spanned! {ident.span()=>
-            #ident #ty_generics: #error_root::__private::UserError
+            for<'__kuberator> #ident #ty_generics: #error_root::__private::UserError
         };
+        let assertion = self.generics.params.is_empty().then(|| {
+            quote_spanned! {ident.span()=>
+                const _: fn() = || {
+                    fn user_error<T: #error_root::__private::UserError>() {}
+                    user_error::<#ident>();
+                };
+            }
+        });
         let where_clause = match &self.generics.where_clause {
             Some(clause) => quote!(#clause, #user_error),
             None => quote!(where #user_error),
@@ -407,6 +417,8 @@ impl<'a> ErrorEnum<'a> {
             )
         };
         quote! {
+            #assertion
+
             #[automatically_derived]
             impl #impl_generics #root::AsStatusError<#target> for #ident #ty_generics #where_clause {
                 fn as_status_error(&self) -> #target {

@@ -14,8 +14,11 @@ use crate::paths::crate_path;
 use crate::util::{error_at, error_at_span, source, unknown};
 
 /// Every key, in the order the docs list them.
-pub(crate) const KEYS: [&str; 12] = [
+pub(crate) const KEYS: [&str; 15] = [
     "resource",
+    "name",
+    "field_manager",
+    "status_writes",
     "finalizer",
     "legacy_finalizers",
     "namespaces",
@@ -41,6 +44,9 @@ pub(crate) struct Keyed<T> {
 pub(crate) struct OperatorArgs {
     pub(crate) given: Vec<String>,
     pub(crate) resource: Option<Keyed<Path>>,
+    pub(crate) name: Option<Keyed<LitStr>>,
+    pub(crate) field_manager: Option<Keyed<LitStr>>,
+    pub(crate) status_writes: Option<Keyed<LitStr>>,
     pub(crate) finalizer: Option<Keyed<FinalizerValue>>,
     pub(crate) legacy_finalizers: Option<Keyed<Vec<LitStr>>>,
     pub(crate) namespaces: Option<Keyed<Vec<LitStr>>>,
@@ -235,6 +241,18 @@ impl OperatorArgs {
                     });
                     set(errors, &mut args.owns, path, value);
                 }
+                "name" => {
+                    let value = name_value(meta).and_then(|v| string(v, "name"));
+                    set(errors, &mut args.name, path, value);
+                }
+                "field_manager" => {
+                    let value = name_value(meta).and_then(|v| string(v, "field_manager"));
+                    set(errors, &mut args.field_manager, path, value);
+                }
+                "status_writes" => {
+                    let value = name_value(meta).and_then(|v| string(v, "status_writes"));
+                    set(errors, &mut args.status_writes, path, value);
+                }
                 "labels" => {
                     let value = name_value(meta).and_then(|v| string(v, "labels"));
                     set(errors, &mut args.labels, path, value);
@@ -333,6 +351,9 @@ fn wrong_form(meta: &Meta) -> Error {
 pub(crate) fn example(key: &str) -> Option<&'static str> {
     Some(match key {
         "resource" => "resource = Website",
+        "name" => "name = \"website-operator\"",
+        "field_manager" => "field_manager = \"website-operator\"",
+        "status_writes" => "status_writes = \"apply\"",
         "finalizer" => "finalizer = \"example.com/cleanup\"",
         "legacy_finalizers" => "legacy_finalizers(\"old.example.com/cleanup\")",
         "crate" => "crate = kr",

@@ -10,7 +10,7 @@
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{ItemImpl, Path, Type};
+use syn::{ImplItemFn, ItemImpl, Path, Type};
 
 use super::model::{Finalizer, HandlerFn, Operator};
 use crate::paths::Root;
@@ -24,7 +24,7 @@ fn at(span: Span) -> Span {
 }
 
 /// Everything generated next to the user's impl block.
-pub(crate) fn operator(op: &Operator) -> TokenStream {
+pub(crate) fn operator(op: &Operator, handlers: &[ImplItemFn]) -> TokenStream {
     let root = op.root.call_site();
     let private = quote!(#root::__private);
     let handler = &op.handler;
@@ -60,6 +60,24 @@ pub(crate) fn operator(op: &Operator) -> TokenStream {
             let variant = format_ident!("{}", op.caching.variant());
             quote!(#root::CachingStrategy::#variant)
         }
+    };
+    let name = op.name.as_ref().map(|name| {
+        let name = name.as_str();
+        quote!(.name(#name))
+    });
+    let field_manager = op.field_manager.as_ref().map(|manager| {
+        let manager = manager.as_str();
+        quote!(.field_manager(#manager))
+    });
+    let status_writes = op
+        .status_apply
+        .then(|| quote!(.status_writes(#root::StatusWrites::Apply)));
+    let rbac_name = match &op.name {
+        Some(name) => {
+            let name = name.as_str();
+            quote!(#name)
+        }
+        None => quote!(#root::handler::operator_name::<#object>()),
     };
     let events = op.events.as_ref().map(|events| {
         let component = events.as_str();
@@ -135,7 +153,12 @@ pub(crate) fn operator(op: &Operator) -> TokenStream {
     });
     let namespaced = namespaced_assertion(op);
 
+    let user_handlers = user_handlers(handler, handlers);
+
     quote! {
+        const _: () = {
+        #user_handlers
+
         #[allow(unused_qualifications, clippy::all, clippy::pedantic, clippy::nursery)]
         const _: () = {
             #reconciled
@@ -190,6 +213,9 @@ pub(crate) fn operator(op: &Operator) -> TokenStream {
                     client: #private::kube::Client,
                 ) -> #root::Result<#root::Operator<#object>> {
                     let ctx = #root::Ctx::<#object>::builder(::core::clone::Clone::clone(&client))
+                        #name
+                        #field_manager
+                        #status_writes
                         #namespaces
                         .caching(#caching)
                         #events
@@ -207,9 +233,7 @@ pub(crate) fn operator(op: &Operator) -> TokenStream {
                 }
 
                 fn rbac_options() -> #root::manifests::RbacOptions {
-                    #root::manifests::RbacOptions::new(
-                        #root::handler::operator_name::<#object>(),
-                    )
+                    #root::manifests::RbacOptions::new(#rbac_name)
                         #namespaces
                         .finalizer(#rbac_finalizer)
                         .events(#rbac_events)
@@ -231,6 +255,33 @@ pub(crate) fn operator(op: &Operator) -> TokenStream {
             #namespaced
             #finalizer_check
         };
+        };
+    }
+}
+
+/// The user's `apply` and `cleanup` as written, as the impl of `UserHandlers`, a trait local to
+/// this expansion (so two operator blocks on one type do not clash by method name); the trait
+/// declares their signatures with plain argument names.
+fn user_handlers(handler: &syn::Ident, handlers: &[ImplItemFn]) -> TokenStream {
+    let declarations = handlers.iter().map(|function| {
+        let mut sig = function.sig.clone();
+        for (index, input) in sig.inputs.iter_mut().enumerate() {
+            if let syn::FnArg::Typed(arg) = input {
+                let name = format_ident!("arg{}", index);
+                *arg.pat = syn::parse_quote!(#name);
+            }
+        }
+        quote!(#sig;)
+    });
+    quote! {
+        /// `apply` and `cleanup` as the handler's block writes them.
+        trait UserHandlers {
+            #(#declarations)*
+        }
+
+        impl UserHandlers for #handler {
+            #(#handlers)*
+        }
     }
 }
 
@@ -289,6 +340,7 @@ fn reconciled_trait(op: &Operator, span: Span) -> TokenStream {
 fn forward(op: &Operator, function: &HandlerFn, name: &str, object: &TokenStream) -> TokenStream {
     let root = op.root.call_site();
     let resource = &op.resource;
+    let handler = &op.handler;
     let method = format_ident!("{}", name);
     let user_method = &function.ident;
     let argument = quote_spanned!(at(function.object_ty.span())=>
@@ -318,7 +370,8 @@ fn forward(op: &Operator, function: &HandlerFn, name: &str, object: &TokenStream
             Self: 'async_trait,
         {
             ::std::boxed::Box::pin(async move {
-                let result: #output = self.handler.#user_method(#argument #ctx).await;
+                let result: #output =
+                    <#handler as UserHandlers>::#user_method(&self.handler, #argument #ctx).await;
                 #convert
             })
         }

@@ -38,11 +38,21 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
     let root = Root::new(args.krate.as_ref().map(|keyed| keyed.value.clone()));
     let operator = Operator::new(args, &item_impl, &mut errors);
 
-    let mut tokens = quiet_handlers(&item_impl).to_token_stream();
+    let mut tokens = TokenStream::new();
     match errors.finish_with(operator) {
-        Ok(Some(operator)) => tokens.extend(expand::operator(&operator)),
-        Ok(None) => {}
+        Ok(Some(operator)) => {
+            // `apply` and `cleanup` move into a trait only the generated code can name, so a
+            // second operator block on the same type is one error (two `IntoOperator` impls),
+            // not also duplicate and ambiguous methods.
+            let (rest, handlers) = split_handlers(quiet_handlers(&item_impl));
+            if !rest.items.is_empty() {
+                tokens.extend(rest.to_token_stream());
+            }
+            tokens.extend(expand::operator(&operator, &handlers));
+        }
+        Ok(None) => tokens.extend(quiet_handlers(&item_impl).to_token_stream()),
         Err(errors) => {
+            tokens.extend(quiet_handlers(&item_impl).to_token_stream());
             tokens.extend(crate::util::write_errors(errors));
             tokens.extend(expand::dummy(
                 &item_impl,
@@ -68,6 +78,24 @@ fn quiet_handlers(item: &ItemImpl) -> ItemImpl {
         }
     }
     item
+}
+
+/// The block without `apply` and `cleanup`, and those two.
+fn split_handlers(mut item: ItemImpl) -> (ItemImpl, Vec<syn::ImplItemFn>) {
+    let mut handlers = Vec::new();
+    item.items.retain(|member| match member {
+        ImplItem::Fn(function)
+            if function.sig.ident == "apply" || function.sig.ident == "cleanup" =>
+        {
+            let mut function = function.clone();
+            // A trait impl's methods have no visibility of their own.
+            function.vis = syn::Visibility::Inherited;
+            handlers.push(function);
+            false
+        }
+        _ => true,
+    });
+    (item, handlers)
 }
 
 /// `R` of `apply(&self, object: Arc<R>)` as the user wrote it, for the dummy items.

@@ -20,6 +20,11 @@ pub(crate) struct Operator {
     pub(crate) resource: Path,
     /// The runtime crate's path (`crate = …`).
     pub(crate) root: Root,
+    /// The controller name (logs, metrics, RBAC names; the default field manager).
+    pub(crate) name: Option<OperatorName>,
+    pub(crate) field_manager: Option<FieldManager>,
+    /// Status written by server-side apply (`status_writes = "apply"`).
+    pub(crate) status_apply: bool,
     pub(crate) finalizer: Option<Finalizer>,
     /// Finalizers of a previous operator, removed when this one adds its own.
     pub(crate) legacy_finalizers: Vec<FinalizerName>,
@@ -137,6 +142,16 @@ impl Operator {
             Some(keyed) => keyed.value,
             None => Vec::new(),
         };
+        let name = args
+            .name
+            .and_then(|keyed| errors.handle(OperatorName::new(&keyed.value)));
+        let field_manager = args
+            .field_manager
+            .and_then(|keyed| errors.handle(FieldManager::new(&keyed.value)));
+        let status_apply = args
+            .status_writes
+            .and_then(|keyed| errors.handle(status_apply(&keyed.value)))
+            .unwrap_or(false);
         let labels = args
             .labels
             .and_then(|keyed| errors.handle(LabelSelector::new(&keyed.value)));
@@ -271,6 +286,9 @@ impl Operator {
                     handler,
                     resource,
                     root,
+                    name,
+                    field_manager,
+                    status_apply,
                     finalizer,
                     legacy_finalizers,
                     namespaces,
@@ -902,6 +920,73 @@ impl EventsComponent {
 
     pub(crate) fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// `name = "…"`: a DNS subdomain (it names the RBAC objects too).
+pub(crate) struct OperatorName(String);
+
+impl OperatorName {
+    fn new(lit: &LitStr) -> darling::Result<Self> {
+        let name = lit.value();
+        if is_dns_subdomain(&name) {
+            Ok(OperatorName(name))
+        } else {
+            Err(error_at(
+                lit,
+                format!(
+                    "operator name `{name}` must be a DNS subdomain like `website-operator`: \
+                     lowercase letters, digits, `-` and `.` (it names the controller in logs and \
+                     metrics, the field manager and the RBAC objects)"
+                ),
+            ))
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `field_manager = "…"`: what the API server accepts, 1 to 128 printable ASCII characters.
+pub(crate) struct FieldManager(String);
+
+impl FieldManager {
+    fn new(lit: &LitStr) -> darling::Result<Self> {
+        let manager = lit.value();
+        if !manager.is_empty()
+            && manager.len() <= 128
+            && manager.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+        {
+            Ok(FieldManager(manager))
+        } else {
+            Err(error_at(
+                lit,
+                format!(
+                    "field manager `{manager}` must be 1 to 128 printable ASCII characters, like \
+                     `website-operator` (the API server refuses other names)"
+                ),
+            ))
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `status_writes = "apply"` (server-side apply) or `"merge"` (the default).
+fn status_apply(lit: &LitStr) -> darling::Result<bool> {
+    match lit.value().as_str() {
+        "apply" => Ok(true),
+        "merge" => Ok(false),
+        other => Err(error_at(
+            lit,
+            format!(
+                "unknown status writes `{other}`: expected `\"merge\"` (a merge patch, the \
+                 default) or `\"apply\"` (server-side apply as the field manager)"
+            ),
+        )),
     }
 }
 

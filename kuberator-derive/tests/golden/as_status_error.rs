@@ -1,7 +1,11 @@
+const _: fn() = || {
+    fn user_error<T: ::kuberator::__private::UserError>() {}
+    user_error::<WebsiteError>();
+};
 #[automatically_derived]
 impl ::kuberator::AsStatusError<StatusError> for WebsiteError
 where
-    WebsiteError: ::kuberator::__private::UserError,
+    for<'__kuberator> WebsiteError: ::kuberator::__private::UserError,
 {
     fn as_status_error(&self) -> StatusError {
         <StatusError as ::kuberator::FromStatusError>::from_status_error(
@@ -13,7 +17,7 @@ where
 #[automatically_derived]
 impl ::kuberator::ClassifyError for WebsiteError
 where
-    WebsiteError: ::kuberator::__private::UserError,
+    for<'__kuberator> WebsiteError: ::kuberator::__private::UserError,
 {
     fn retry_policy(&self) -> ::kuberator::RetryPolicy {
         match self {
@@ -39,7 +43,7 @@ where
 #[automatically_derived]
 impl ::core::convert::From<WebsiteError> for ::kuberator::Error
 where
-    WebsiteError: ::kuberator::__private::UserError,
+    for<'__kuberator> WebsiteError: ::kuberator::__private::UserError,
 {
     fn from(error: WebsiteError) -> Self {
         ::kuberator::Error::handler(error)

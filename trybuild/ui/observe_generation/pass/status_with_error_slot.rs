@@ -1,6 +1,8 @@
-//! The usual status: `observed_generation` found by name, a `#[status_error]` slot.
+//! The usual status: `observed_generation` found by name, a `#[status_error]` slot, kstatus
+//! `conditions` (found by name, handed to the runtime by `RecordError::conditions`).
 use kuberator::{
     AsStatusError, Error, ObserveGeneration, RecordError, StatusError, WithStatusError,
+    conditions::Condition,
 };
 
 #[derive(Debug, Default, serde::Serialize, ObserveGeneration)]
@@ -10,6 +12,15 @@ pub struct WebsiteStatus {
     #[status_error]
     pub error: Option<StatusError>,
     pub phase: String,
+    pub conditions: Vec<Condition>,
+}
+
+/// `Option<Vec<Condition>>` works too (created on first use).
+#[derive(Debug, Default, serde::Serialize, ObserveGeneration)]
+#[serde(rename_all = "camelCase")]
+pub struct OptionalConditions {
+    pub observed_generation: Option<i64>,
+    pub conditions: Option<Vec<Condition>>,
 }
 
 #[derive(Debug, thiserror::Error, AsStatusError)]
@@ -48,4 +59,8 @@ fn main() {
         Some("EmptyImage")
     );
     assert_eq!(status.phase, "");
+    assert!(status.conditions().is_some());
+    let mut optional = OptionalConditions::default();
+    assert!(optional.conditions().is_some_and(|c| c.is_empty()));
+    assert_eq!(optional.conditions, Some(Vec::new()));
 }

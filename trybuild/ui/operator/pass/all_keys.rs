@@ -14,6 +14,9 @@ pub struct Websites {
 
 #[kuberator::operator(
     resource = Website,
+    name = "website-operator",
+    field_manager = "websites.example.com/operator",
+    status_writes = "apply",
     finalizer = "websites.example.com/cleanup",
     namespaces("default", "shop"),
     caching = Strict,
@@ -27,6 +30,8 @@ pub struct Websites {
 impl Websites {
     async fn apply(&self, site: Arc<Website>, ctx: &Ctx<Website>) -> Result<Action> {
         let _ = (site.spec.image.len(), self.greeting.len(), ctx.finalizer());
+        assert_eq!(ctx.name(), "website-operator");
+        assert_eq!(ctx.field_manager(), "websites.example.com/operator");
         Ok(Action::requeue(std::time::Duration::from_secs(300)))
     }
 
@@ -50,6 +55,7 @@ async fn main() {
         &Websites::rbac_options().leader_election("default"),
     );
     let yaml = rbac.to_yaml().unwrap();
+    assert!(yaml.contains("name: website-operator"), "{yaml}");
     for needed in [
         "websites/finalizers",
         "configmaps",
