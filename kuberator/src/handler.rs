@@ -299,9 +299,10 @@ impl<R: Object> Ctx<R> {
 /// A resource whose status is `S`: what [`Ctx::update_status`] needs (implemented for every
 /// `HasStatus<Status = S>`, i.e. every `#[derive(CustomResource)]` with `status = "S"`).
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` has no status, so `update_status` cannot write a `{S}`",
+    message = "`{Self}` has no status, so `update_status` cannot write one",
     label = "`{Self}` has no status subresource",
-    note = "add `status = \"{S}\"` to `#[kube(...)]` on the spec struct that derives `CustomResource`"
+    note = "add `status = \"WebsiteStatus\"` (your status struct) to `#[kube(...)]` on the spec \
+            struct that derives `CustomResource`"
 )]
 pub trait WithStatus<S>: HasStatus<Status = S> {}
 
