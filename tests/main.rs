@@ -22,3 +22,4 @@ mod runtime;
 mod scale_out;
 mod status_errors;
 mod support;
+mod webhooks;

@@ -16,6 +16,7 @@ pub mod reconcile;
 pub mod repository;
 pub mod runtime;
 pub mod status;
+pub mod webhook;
 
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]

@@ -94,6 +94,8 @@ pub(crate) struct ProcessSettings {
     /// The kinds to check by discovery before starting, with the controllers that watch them.
     pub(crate) served: Vec<WatchedKind>,
     pub(crate) watched_by: Vec<(WatchedKind, String)>,
+    /// Admission webhooks and their server.
+    pub(crate) webhooks: crate::webhook::Settings,
 }
 
 impl ProcessSettings {
@@ -143,6 +145,7 @@ impl ProcessSettings {
                 self.served.push(kind);
             }
         }
+        self.webhooks.adopt(other.webhooks, controller);
         self.permissions = match (self.permissions.take(), other.permissions) {
             (Some(mut a), Some(b)) => {
                 a.merge(b);
@@ -314,17 +317,38 @@ impl Manager {
         self
     }
 
+    /// Serves `webhook` (admission for any kind, built-in ones too) on the manager's
+    /// [`webhook_server`](Manager::webhook_server). See [`crate::webhook`].
+    #[must_use]
+    pub fn webhook<K: crate::finalize::Object>(
+        mut self,
+        webhook: crate::webhook::Webhook<K>,
+    ) -> Self {
+        self.settings.webhooks.add(webhook);
+        self
+    }
+
+    /// The one HTTPS server of every admission webhook of the process (of the manager and of
+    /// its controllers): started before the controllers, stopped after them.
+    #[must_use]
+    pub fn webhook_server(mut self, server: crate::webhook::WebhookServer) -> Self {
+        self.settings.webhooks.set_server(server);
+        self
+    }
+
     /// Runs every controller until the shutdown signal (or forever without one).
     ///
     /// # Errors
     /// A watched kind the API server does not serve (a CRD not installed, see
     /// [`Operator::check_served`](crate::Operator::check_served)), missing permissions (one
     /// error naming each), a controller that cannot start (the error
-    /// names it), a health address that cannot be bound, inconsistent leader-election timing.
+    /// names it), a health address that cannot be bound, inconsistent leader-election timing,
+    /// webhooks that cannot be served (no server, port taken, certificate Secret or webhook
+    /// configurations that cannot be written).
     ///
     /// # Access control
     /// What each controller needs (see [`Operator::run`](crate::Operator::run)); leases with
-    /// leader election.
+    /// leader election; with webhooks, see [`crate::webhook`].
     pub async fn run(self) -> Result<()> {
         let Manager {
             client,
@@ -342,6 +366,7 @@ impl Manager {
             (None, Some(_)) => Some(Metrics::new()),
             (None, None) => None,
         };
+        let webhooks = settings.webhooks.start(&client, metrics.as_ref()).await?;
         let leadership = match (settings.leadership, settings.leader_election) {
             (Some(leadership), _) => Some(leadership),
             (None, Some(election)) => {
@@ -428,6 +453,10 @@ impl Manager {
             });
         }
         futures::future::join_all(loops).await;
+        // After the controllers: their last writes still pass the webhooks.
+        if let Some(webhooks) = webhooks {
+            webhooks.stop().await;
+        }
         for root in roots {
             root.abort();
         }

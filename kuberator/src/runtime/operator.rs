@@ -149,6 +149,7 @@ pub struct Operator<R: Object> {
     shutdown_timeout: Option<Duration>,
     guard: RequestGuard,
     own_writes: OwnWrites,
+    webhooks: crate::webhook::Settings,
 }
 
 /// The longest error message in the "reconcile failed" log line (4 KiB; a retried 2 MiB error
@@ -190,6 +191,7 @@ where
             shutdown_timeout: Some(DEFAULT_SHUTDOWN_TIMEOUT),
             guard: RequestGuard::new(),
             own_writes: OwnWrites::new(),
+            webhooks: crate::webhook::Settings::default(),
         }
     }
 }
@@ -496,6 +498,21 @@ impl<R: Object> Operator<R> {
         self.shutdown_on(shutdown_signal())
     }
 
+    /// Validates and/or defaults objects of `R` before they are stored (admission webhooks on
+    /// the [`webhook_server`](Operator::webhook_server)). See [`crate::webhook`].
+    #[must_use]
+    pub fn webhook(mut self, webhook: crate::webhook::Webhook<R>) -> Self {
+        self.webhooks.add(webhook);
+        self
+    }
+
+    /// The HTTPS server of the webhooks; added to a [`Manager`], the manager's own one wins.
+    #[must_use]
+    pub fn webhook_server(mut self, server: crate::webhook::WebhookServer) -> Self {
+        self.webhooks.set_server(server);
+        self
+    }
+
     /// Runs until the shutdown signal (or forever without one): a [`Manager`] of this one
     /// controller.
     ///
@@ -539,6 +556,7 @@ impl<R: Object> ManagedController for Operator<R> {
             leadership: self.leadership.take(),
             sharding: self.sharding.take(),
             permissions: self.permissions.take(),
+            webhooks: std::mem::take(&mut self.webhooks),
             served: if self.check_served {
                 std::mem::take(&mut self.watched)
             } else {

@@ -1,0 +1,573 @@
+//! Admission webhooks on the real API server (`kuberator::webhook`): the manager serves them on
+//! 127.0.0.1 with a certificate it created itself, the caBundle is injected with no manual
+//! step, and `kubectl apply` shows the handler's own messages.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::{
+    admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration},
+    core::v1::{ConfigMap, Secret},
+};
+use kube::{
+    Api, CustomResource, ResourceExt,
+    api::{ObjectMeta, PostParams},
+};
+use kuberator::{
+    Action, Operator, Reconciler,
+    runtime::Manager,
+    testing::TestEnv,
+    webhook::{Certificates, Denied, Validator, Webhook, WebhookServer},
+};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::{operations::http_get, support::*};
+
+/// The kind the webhooks guard.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "webhooks.test.kuberator.dev",
+    version = "v1",
+    kind = "Database",
+    namespaced
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    pub engine: String,
+    pub region: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+}
+
+/// Engines `validate` accepts; `panic` and `hang` make the handler misbehave on purpose.
+const ENGINES: [&str; 2] = ["postgres", "mysql"];
+
+/// The validator as a [`Validator`] (async: `hang` sleeps past the timeout without blocking).
+struct DatabaseValidator;
+
+#[async_trait::async_trait]
+impl Validator<Database> for DatabaseValidator {
+    async fn validate(&self, new: &Database, old: Option<&Database>) -> Result<(), Denied> {
+        if new.spec.engine == "hang" {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        validate(new, old)
+    }
+}
+
+fn validate(new: &Database, old: Option<&Database>) -> Result<(), Denied> {
+    match new.spec.engine.as_str() {
+        "panic" => panic!("the validator fell over"),
+        "hang" => {}
+        engine if !ENGINES.contains(&engine) => {
+            return Err(Denied::new(format!(
+                "must be one of {}, not `{engine}`",
+                ENGINES.join(", ")
+            ))
+            .field("spec.engine"));
+        }
+        _ => {}
+    }
+    match old {
+        Some(old) if old.spec.region != new.spec.region => Err(Denied::immutable(
+            "spec.region",
+            &old.spec.region,
+            &new.spec.region,
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn database_webhook() -> Webhook<Database> {
+    Webhook::<Database>::new()
+        .validator(DatabaseValidator)
+        .default(|db: &mut Database| {
+            db.spec.replicas.get_or_insert(3);
+            db.labels_mut()
+                .entry("tier".into())
+                .or_insert_with(|| "data".into());
+        })
+        .timeout(Duration::from_millis(500))
+}
+
+struct Noop;
+
+#[async_trait::async_trait]
+impl Reconciler<Database> for Noop {
+    async fn reconcile(&self, _db: Arc<Database>) -> kuberator::Result<Action> {
+        Ok(Action::await_change())
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+async fn env() -> TestEnv {
+    init_tracing();
+    let env = TestEnv::start().await.expect("control plane");
+    env.install_crd::<Database>().await.unwrap();
+    env
+}
+
+fn database(name: &str, engine: &str, region: &str) -> Database {
+    Database::new(
+        name,
+        DatabaseSpec {
+            engine: engine.into(),
+            region: region.into(),
+            replicas: None,
+        },
+    )
+}
+
+/// `kubectl apply -f <file>` of `object`: Ok(stdout) or Err(stderr).
+async fn kubectl_apply(env: &TestEnv, object: &impl Serialize) -> Result<String, String> {
+    let file = env.dir().join(format!("apply-{}.json", rand_suffix()));
+    std::fs::write(&file, serde_json::to_vec(object).unwrap()).unwrap();
+    let output = env
+        .kubectl()
+        .args(["apply", "-n", "default", "-f"])
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+fn rand_suffix() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    NEXT.fetch_add(1, Ordering::SeqCst).to_string()
+}
+
+/// Waits until the API server calls the webhook (its configuration informer has caught up):
+/// a dry-run create of an invalid object is refused.
+async fn until_enforced(api: &Api<Database>) {
+    eventually("the validating webhook to be enforced", || async {
+        let params = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        api.create(&params, &database("probe", "oracle", "eu"))
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+}
+
+fn base64_of(pem: &[u8]) -> serde_json::Value {
+    serde_json::to_value(k8s_openapi::ByteString(pem.to_vec())).unwrap()
+}
+
+/// One manager with the operator's own webhook for `Database` and a manager-level webhook for
+/// the built-in `ConfigMap`, served by one server: the caBundle is injected from the Secret it
+/// created; `kubectl apply` shows the handlers' messages; defaults are stored; an immutable
+/// field is refused with old and new value; a panic and a hang deny only their own request;
+/// the webhook metrics are in `/metrics`.
+#[tokio::test]
+async fn kubectl_sees_validation_defaults_and_failures_of_the_handlers() {
+    let env = env().await;
+    let client = env.client();
+    let health = free_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let operator = Operator::with_reconciler(client.clone(), Noop)
+        .webhook(database_webhook())
+        .webhook_server(WebhookServer::local().configuration_name("databases"));
+    let config_maps = Webhook::<ConfigMap>::new().validate(|cm: &ConfigMap, _| {
+        match cm.data.as_ref().and_then(|d| d.get("password")) {
+            Some(_) => Err(Denied::new("passwords belong in a Secret").field("data.password")),
+            None => Ok(()),
+        }
+    });
+    let manager = Manager::new(client.clone())
+        .add(operator)
+        .webhook(config_maps)
+        .health(health)
+        .shutdown_on(async move {
+            let _ = stopped.await;
+        });
+    let running = tokio::spawn(manager.run());
+
+    // The caBundle is the CA of the Secret the manager created; nobody else wrote it.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let configuration = eventually("the webhook configurations", || async {
+        validating.get_opt("databases").await.unwrap()
+    })
+    .await;
+    let secret = secrets.get("kuberator-webhook-tls").await.unwrap();
+    let ca = &secret.data.as_ref().unwrap()["ca.crt"].0;
+    let hooks = serde_json::to_value(&configuration).unwrap()["webhooks"].clone();
+    assert_eq!(hooks.as_array().unwrap().len(), 2, "{hooks}");
+    for hook in hooks.as_array().unwrap() {
+        assert_eq!(hook["clientConfig"]["caBundle"], base64_of(ca), "{hook}");
+        assert!(
+            hook["clientConfig"]["url"]
+                .as_str()
+                .unwrap()
+                .starts_with("https://127.0.0.1:"),
+            "{hook}"
+        );
+        assert_eq!(hook["failurePolicy"], "Fail");
+    }
+    let mutation = mutating.get("databases").await.unwrap();
+    assert_eq!(
+        serde_json::to_value(&mutation).unwrap()["webhooks"][0]["clientConfig"]["url"]
+            .as_str()
+            .unwrap()
+            .rsplit_once('/')
+            .unwrap()
+            .1,
+        "mutate-webhooks-test-kuberator-dev-v1-database"
+    );
+    let databases: Api<Database> = Api::namespaced(client.clone(), "default");
+    until_enforced(&databases).await;
+
+    // Invalid: the handler's message and field, through kubectl.
+    let refused = kubectl_apply(&env, &database("shop", "oracle", "eu"))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.contains(
+            "denied the request: spec.engine: must be one of postgres, mysql, not `oracle`"
+        ),
+        "{refused}"
+    );
+    assert!(databases.get_opt("shop").await.unwrap().is_none());
+
+    // Valid: stored with the defaults.
+    kubectl_apply(&env, &database("shop", "postgres", "eu"))
+        .await
+        .unwrap();
+    let stored = env
+        .kubectl_json(["get", "database", "shop", "-n", "default"])
+        .await
+        .unwrap();
+    assert_eq!(stored["spec"]["replicas"], 3, "{stored}");
+    assert_eq!(stored["metadata"]["labels"]["tier"], "data", "{stored}");
+    assert_eq!(stored["spec"]["engine"], "postgres");
+
+    // An immutable field: refused with the old and the new value.
+    let refused = kubectl_apply(&env, &database("shop", "postgres", "us"))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.contains(r#"spec.region: is immutable (was "eu", now "us")"#),
+        "{refused}"
+    );
+    // A change the handler allows still passes (and keeps the default it set).
+    let mut scaled = database("shop", "mysql", "eu");
+    scaled.spec.replicas = Some(5);
+    kubectl_apply(&env, &scaled).await.unwrap();
+    assert_eq!(databases.get("shop").await.unwrap().spec.replicas, Some(5));
+
+    // A panicking handler denies that one request; the next one is served.
+    let refused = kubectl_apply(&env, &database("boom", "panic", "eu"))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.contains(
+            "the validating handler panicked on Database default/boom (the validator fell over)"
+        ),
+        "{refused}"
+    );
+    kubectl_apply(&env, &database("after-panic", "mysql", "eu"))
+        .await
+        .unwrap();
+    // A handler past its timeout (500 ms) denies that one request.
+    let refused = kubectl_apply(&env, &database("slow", "hang", "eu"))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.contains(
+            "the validating handler did not answer for Database default/slow within 500ms"
+        ),
+        "{refused}"
+    );
+    kubectl_apply(&env, &database("after-hang", "postgres", "eu"))
+        .await
+        .unwrap();
+
+    // The built-in kind on the same server.
+    let mut cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some("settings".into()),
+            ..ObjectMeta::default()
+        },
+        data: Some([("password".to_owned(), "hunter2".to_owned())].into()),
+        ..ConfigMap::default()
+    };
+    let refused = kubectl_apply(&env, &cm).await.unwrap_err();
+    assert!(
+        refused.contains("data.password: passwords belong in a Secret"),
+        "{refused}"
+    );
+    cm.data = Some([("color".to_owned(), "blue".to_owned())].into());
+    kubectl_apply(&env, &cm).await.unwrap();
+
+    let (status, metrics) = http_get(health, "/metrics").await;
+    assert_eq!(status, 200);
+    let path = "/validate-webhooks-test-kuberator-dev-v1-database";
+    let line = |name: &str| {
+        metrics
+            .lines()
+            .find(|line| line.starts_with(name))
+            .unwrap_or_else(|| panic!("no `{name}` in:\n{metrics}"))
+            .to_owned()
+    };
+    let requests = line(&format!(
+        r#"controller_runtime_webhook_requests_total{{webhook="{path}",code="200"}}"#
+    ));
+    let count: f64 = requests.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 8.0, "{requests}");
+    line(&format!(
+        r#"controller_runtime_webhook_latency_seconds_count{{webhook="{path}"}}"#
+    ));
+    let in_flight = line(&format!(
+        r#"controller_runtime_webhook_requests_in_flight{{webhook="{path}"}}"#
+    ));
+    assert!(in_flight.ends_with(" 0"), "{in_flight}");
+    line(
+        r#"controller_runtime_webhook_requests_total{webhook="/validate--v1-configmap",code="200"}"#,
+    );
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(WAIT, running)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+/// Two replicas (two managers, one Secret): they serve the same certificate, and with a
+/// serving certificate of six seconds (renewed every four), a bounded stream of admission
+/// requests through both sees no failure across at least two rotations on each.
+#[tokio::test]
+async fn replicas_share_one_rotating_certificate_without_failed_requests() {
+    let env = env().await;
+    let client = env.client();
+    let certificates =
+        Certificates::secret("default", "databases-tls").serving_validity(Duration::from_secs(6));
+    let mut stops = Vec::new();
+    let mut runs = Vec::new();
+    let mut healths = Vec::new();
+    for replica in ["a", "b"] {
+        let health = free_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        // Each replica has its own configuration (its own URL), so every request passes both.
+        let server = WebhookServer::local()
+            .configuration_name(format!("databases-{replica}"))
+            .certificates(certificates.clone());
+        let manager = Manager::new(client.clone())
+            .add(
+                Operator::with_reconciler(client.clone(), Noop)
+                    .name(format!("databases-{replica}"))
+                    .webhook(database_webhook()),
+            )
+            .webhook_server(server)
+            .health(health)
+            .shutdown_on(async move {
+                let _ = stopped.await;
+            });
+        runs.push(tokio::spawn(manager.run()));
+        stops.push(stop);
+        healths.push(health);
+    }
+    let databases: Api<Database> = Api::namespaced(client.clone(), "default");
+    for name in ["databases-a", "databases-b"] {
+        let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+        eventually("both configurations", || async {
+            validating.get_opt(name).await.unwrap()
+        })
+        .await;
+    }
+    until_enforced(&databases).await;
+
+    let metric = |metrics: &str, name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no `{name}` in:\n{metrics}"))
+    };
+    // Requests until both replicas served a third certificate (at most 400 requests, 40 s).
+    let (mut sent, mut failures) = (0usize, Vec::new());
+    let started = Instant::now();
+    let mut changes = [0.0, 0.0];
+    while changes.iter().any(|c| *c < 2.0) {
+        assert!(
+            sent < 400 && started.elapsed() < Duration::from_secs(40),
+            "no two rotations on both replicas after {sent} requests: {changes:?}"
+        );
+        let name = format!("db-{sent}");
+        let result = databases
+            .create(&PostParams::default(), &database(&name, "postgres", "eu"))
+            .await;
+        match result {
+            Ok(stored) => assert_eq!(stored.spec.replicas, Some(3)),
+            Err(error) => failures.push(format!("{name}: {error}")),
+        }
+        sent += 1;
+        for (i, health) in healths.iter().enumerate() {
+            let (_, metrics) = http_get(*health, "/metrics").await;
+            changes[i] = metric(&metrics, "kuberator_webhook_certificate_changes_total");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} failed: {failures:#?}",
+        failures.len()
+    );
+
+    // Both replicas end on the certificate in the Secret (the same expiry second).
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    eventually("both replicas serving the Secret's certificate", || async {
+        let secret = secrets.get("databases-tls").await.unwrap();
+        let not_after: f64 = secret.annotations()["webhook.kuberator.dev/not-after"]
+            .parse()
+            .unwrap();
+        let mut same = true;
+        for health in &healths {
+            let (_, metrics) = http_get(*health, "/metrics").await;
+            same &= metric(
+                &metrics,
+                "kuberator_webhook_certificate_expiry_timestamp_seconds",
+            ) == not_after;
+        }
+        same.then_some(())
+    })
+    .await;
+
+    for stop in stops {
+        stop.send(()).unwrap();
+    }
+    for run in runs {
+        tokio::time::timeout(WAIT, run)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// A CA and a serving certificate for 127.0.0.1, as PEM: (ca, cert, key).
+fn own_certificates(ca_name: &str) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name.push(DnType::CommonName, ca_name);
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (ca_pem, cert.pem(), key.serialize_pem())
+}
+
+/// Writes each file atomically (a rename), as a mounted Secret changes.
+fn write_certificates(dir: &std::path::Path, (ca, cert, key): &(String, String, String)) {
+    for (name, text) in [("tls.key", key), ("tls.crt", cert), ("ca.crt", ca)] {
+        let next = dir.join(format!("{name}.next"));
+        std::fs::write(&next, text).unwrap();
+        std::fs::rename(&next, dir.join(name)).unwrap();
+    }
+}
+
+/// Certificates the user brings (files, e.g. from cert-manager): served, their CA injected, and
+/// when the files change (a new CA too) the new CA reaches the caBundle and the new
+/// certificate is served, with admission working before and after.
+#[tokio::test]
+async fn brought_certificates_are_reloaded_when_their_files_change() {
+    let env = env().await;
+    let client = env.client();
+    let dir = tempfile::tempdir().unwrap();
+    let first = own_certificates("first-ca");
+    write_certificates(dir.path(), &first);
+    let health = free_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let certificates = Certificates::files(dir.path().join("tls.crt"), dir.path().join("tls.key"))
+        .ca_file(dir.path().join("ca.crt"))
+        .reload_interval(Duration::from_millis(200));
+    let manager = Manager::new(client.clone())
+        .add(Operator::with_reconciler(client.clone(), Noop).webhook(database_webhook()))
+        .webhook_server(
+            WebhookServer::local()
+                .configuration_name("databases")
+                .certificates(certificates),
+        )
+        .health(health)
+        .shutdown_on(async move {
+            let _ = stopped.await;
+        });
+    let running = tokio::spawn(manager.run());
+    let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let ca_bundle = || async {
+        let configuration = validating.get_opt("databases").await.unwrap()?;
+        Some(serde_json::to_value(&configuration).unwrap()["webhooks"][0]["clientConfig"]["caBundle"].clone())
+    };
+    assert_eq!(
+        eventually("the configuration", ca_bundle).await,
+        base64_of(first.0.as_bytes())
+    );
+    let databases: Api<Database> = Api::namespaced(client.clone(), "default");
+    until_enforced(&databases).await;
+    databases
+        .create(
+            &PostParams::default(),
+            &database("before", "postgres", "eu"),
+        )
+        .await
+        .unwrap();
+
+    let second = own_certificates("second-ca");
+    write_certificates(dir.path(), &second);
+    eventually("the second certificate served", || async {
+        let (_, metrics) = http_get(health, "/metrics").await;
+        metrics
+            .lines()
+            .any(|line| line == "kuberator_webhook_certificate_changes_total 1")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(ca_bundle().await.unwrap(), base64_of(second.0.as_bytes()));
+    let refused = databases
+        .create(&PostParams::default(), &database("bad", "oracle", "eu"))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("spec.engine: must be one of"),
+        "{refused}"
+    );
+    let after = databases
+        .create(&PostParams::default(), &database("after", "postgres", "eu"))
+        .await
+        .unwrap();
+    assert_eq!(after.spec.replicas, Some(3));
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(WAIT, running)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
