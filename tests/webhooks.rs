@@ -86,7 +86,7 @@ fn validate(new: &Database, old: Option<&Database>) -> Result<(), Denied> {
     }
 }
 
-fn database_webhook() -> Webhook<Database> {
+pub fn database_webhook() -> Webhook<Database> {
     Webhook::<Database>::new()
         .validator(DatabaseValidator)
         .default(|db: &mut Database| {
@@ -98,7 +98,7 @@ fn database_webhook() -> Webhook<Database> {
         .timeout(Duration::from_millis(500))
 }
 
-struct Noop;
+pub struct Noop;
 
 #[async_trait::async_trait]
 impl Reconciler<Database> for Noop {
@@ -112,14 +112,14 @@ fn free_addr() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-async fn env() -> TestEnv {
+pub async fn env() -> TestEnv {
     init_tracing();
     let env = TestEnv::start().await.expect("control plane");
     env.install_crd::<Database>().await.unwrap();
     env
 }
 
-fn database(name: &str, engine: &str, region: &str) -> Database {
+pub fn database(name: &str, engine: &str, region: &str) -> Database {
     Database::new(
         name,
         DatabaseSpec {
@@ -155,7 +155,7 @@ fn rand_suffix() -> String {
 
 /// Waits until the API server calls the webhook (its configuration informer has caught up):
 /// a dry-run create of an invalid object is refused.
-async fn until_enforced(api: &Api<Database>) {
+pub async fn until_enforced(api: &Api<Database>) {
     eventually("the validating webhook to be enforced", || async {
         let params = PostParams {
             dry_run: true,
@@ -564,6 +564,46 @@ async fn brought_certificates_are_reloaded_when_their_files_change() {
         .unwrap();
     assert_eq!(after.spec.replicas, Some(3));
 
+    stop.send(()).unwrap();
+    tokio::time::timeout(WAIT, running)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+/// The operator bound to exactly its generated RBAC plus `WebhookServer::rbac` (the Secret and
+/// the configurations by name) creates its certificate and configurations and serves
+/// admission.
+#[tokio::test]
+async fn the_webhook_server_runs_with_exactly_its_generated_rbac() {
+    use kuberator::manifests::{RbacOptions, rbac_rules_for};
+    let env = env().await;
+    let server = WebhookServer::local().configuration_name("databases");
+    let options = RbacOptions::new("databases-operator")
+        .status(false)
+        .finalizer(false)
+        .events(false)
+        .service_account("default", "databases-operator");
+    let mut rbac = rbac_rules_for::<Database>(&options);
+    rbac.merge(server.rbac("databases-operator"));
+    let access = env.service_account(&rbac).await.unwrap();
+    let client = access.client().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let manager = Manager::new(client.clone())
+        .add(Operator::with_reconciler(client.clone(), Noop).webhook(database_webhook()))
+        .webhook_server(server)
+        .shutdown_on(async move {
+            let _ = stopped.await;
+        });
+    let running = tokio::spawn(manager.run());
+    let databases: Api<Database> = Api::namespaced(env.client(), "default");
+    until_enforced(&databases).await;
+    let stored = databases
+        .create(&PostParams::default(), &database("bound", "postgres", "eu"))
+        .await
+        .unwrap();
+    assert_eq!(stored.spec.replicas, Some(3));
     stop.send(()).unwrap();
     tokio::time::timeout(WAIT, running)
         .await

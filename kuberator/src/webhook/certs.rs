@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeMap,
     fmt,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, RwLock},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -462,20 +462,16 @@ pub(crate) async fn load_or_create(
 }
 
 /// Reads certificate files (and the CA file, if any).
-pub(crate) async fn read_files(
-    cert: &PathBuf,
-    key: &PathBuf,
-    ca: Option<&PathBuf>,
-) -> Result<Material> {
+pub(crate) async fn read_files(cert: &Path, key: &Path, ca: Option<&Path>) -> Result<Material> {
     let read = |path: PathBuf| async move {
         tokio::fs::read_to_string(&path)
             .await
             .with_context(|| format!("reading the webhook certificate file {}", path.display()))
     };
-    let cert_pem = read(cert.clone()).await?;
-    let key_pem = read(key.clone()).await?;
+    let cert_pem = read(cert.to_path_buf()).await?;
+    let key_pem = read(key.to_path_buf()).await?;
     let ca_pem = match ca {
-        Some(path) => Some(read(path.clone()).await?),
+        Some(path) => Some(read(path.to_path_buf()).await?),
         None => None,
     };
     Ok(Material {
@@ -518,11 +514,13 @@ mod tests {
 
     #[test]
     fn a_garbled_secret_keeps_nothing() {
-        let mut secret = Secret::default();
-        secret.data = Some(BTreeMap::from([
-            ("ca.crt".to_owned(), ByteString(b"junk".to_vec())),
-            ("ca.key".to_owned(), ByteString(b"junk".to_vec())),
-        ]));
+        let secret = Secret {
+            data: Some(BTreeMap::from([
+                ("ca.crt".to_owned(), ByteString(b"junk".to_vec())),
+                ("ca.key".to_owned(), ByteString(b"junk".to_vec())),
+            ])),
+            ..Secret::default()
+        };
         let stored = read_secret(&secret, &[], 0);
         assert!(stored.ca.is_none() && stored.serving.is_none());
     }

@@ -201,6 +201,123 @@ impl WebhookServer {
         &self.names
     }
 
+    /// The RBAC the webhook server needs, least privilege: `get` and `update` of its own
+    /// certificate Secret and `get` and `patch` of its own webhook configurations, each by
+    /// `resourceNames`, plus `create` of them (which Kubernetes cannot restrict by name). Add it
+    /// to the operator's with [`Bundle::rbac`](crate::manifests::Bundle::rbac) or
+    /// [`Rbac::merge`](crate::manifests::Rbac::merge). The Secret rules are left out with
+    /// [`Certificates::files`].
+    ///
+    /// ```
+    /// use kuberator::webhook::WebhookServer;
+    ///
+    /// let rbac = WebhookServer::in_cluster("shop", "websites-webhooks").rbac("website-operator");
+    /// let yaml = rbac.to_yaml()?;
+    /// assert!(yaml.contains("validatingwebhookconfigurations"));
+    /// assert!(yaml.contains("websites-webhooks-tls"));
+    /// # Ok::<(), kuberator::Error>(())
+    /// ```
+    pub fn rbac(&self, name: &str) -> crate::manifests::Rbac {
+        use crate::manifests::{Grant, Rbac, Scope};
+        use k8s_openapi::api::rbac::v1::PolicyRule;
+        let rule =
+            |group: &str, resources: &[&str], verbs: &[&str], names: Option<&str>| PolicyRule {
+                api_groups: Some(vec![group.to_owned()]),
+                resources: Some(resources.iter().map(|r| (*r).to_owned()).collect()),
+                verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
+                resource_names: names.map(|n| vec![n.to_owned()]),
+                ..PolicyRule::default()
+            };
+        let configurations = [
+            "validatingwebhookconfigurations",
+            "mutatingwebhookconfigurations",
+        ];
+        let mut grants = vec![Grant {
+            name: format!("{name}-webhooks"),
+            scope: Scope::Cluster,
+            rules: vec![
+                rule(
+                    "admissionregistration.k8s.io",
+                    &configurations,
+                    &["get", "patch"],
+                    Some(&self.configuration_name),
+                ),
+                rule(
+                    "admissionregistration.k8s.io",
+                    &configurations,
+                    &["create"],
+                    None,
+                ),
+            ],
+        }];
+        if let Source::Secret {
+            namespace,
+            name: secret,
+            ..
+        } = &self.certificates.source
+        {
+            grants.push(Grant {
+                name: format!("{name}-webhook-certificates"),
+                scope: Scope::Namespace(namespace.clone()),
+                rules: vec![
+                    rule("", &["secrets"], &["get", "update"], Some(secret)),
+                    rule("", &["secrets"], &["create"], None),
+                ],
+            });
+        }
+        Rbac {
+            grants,
+            service_account: None,
+        }
+    }
+
+    /// The Service in front of the webhook port for [`in_cluster`](WebhookServer::in_cluster)
+    /// (port 443, or [`service_port`](WebhookServer::service_port), to the bound port of the
+    /// pods matching `selector`); `None` for [`local`](WebhookServer::local).
+    pub fn service(
+        &self,
+        selector: std::collections::BTreeMap<String, String>,
+    ) -> Option<k8s_openapi::api::core::v1::Service> {
+        use k8s_openapi::{
+            api::core::v1::{Service, ServicePort, ServiceSpec},
+            apimachinery::pkg::util::intstr::IntOrString,
+        };
+        let EndpointConfig::Service {
+            namespace,
+            name,
+            port,
+        } = &self.endpoint
+        else {
+            return None;
+        };
+        Some(Service {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(namespace.clone()),
+                labels: Some(
+                    [(
+                        "app.kubernetes.io/managed-by".to_owned(),
+                        "kuberator".to_owned(),
+                    )]
+                    .into(),
+                ),
+                ..kube::api::ObjectMeta::default()
+            },
+            spec: Some(ServiceSpec {
+                selector: Some(selector),
+                ports: Some(vec![ServicePort {
+                    name: Some("webhook".to_owned()),
+                    port: i32::from(*port),
+                    target_port: Some(IntOrString::Int(i32::from(self.bind.port()))),
+                    protocol: Some("TCP".to_owned()),
+                    ..ServicePort::default()
+                }]),
+                ..ServiceSpec::default()
+            }),
+            ..Service::default()
+        })
+    }
+
     /// Binds, loads the certificate, serves `handlers`, writes the webhook configurations, and
     /// keeps the certificate current until [`Running::stop`].
     pub(crate) async fn start(
@@ -338,7 +455,9 @@ impl CertKeeper {
                 )
                 .await
             }
-            Source::Files { cert, key, ca, .. } => certs::read_files(cert, key, ca.as_ref()).await,
+            Source::Files { cert, key, ca, .. } => {
+                certs::read_files(cert, key, ca.as_deref()).await
+            }
         }
     }
 
