@@ -4,7 +4,7 @@ SHELL := /usr/bin/env bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test test-matrix check-k8s-versions control-plane lint doc unit bench
+.PHONY: demo test test-matrix check-k8s-versions control-plane lint doc unit bench chaos
 
 # The k8s-openapi version features of the supported Kubernetes minors (README: "Kubernetes versions").
 K8S_FEATURES := v1_33 v1_34 v1_35 v1_36 v1_37
@@ -57,3 +57,9 @@ test-matrix:
 ## Benchmarks against raw kube-rs (see BENCHMARKS.md).
 bench: control-plane
 	$(CARGO) run --release -p kuberator-examples --bin bench -- $(ARGS)
+
+## The slow fault scenarios (not part of `make test`): 1,000 objects under API throttling as a
+## ServiceAccount, a 5 s API server outage under 500 objects, a 1,000-object churn soak with RSS.
+## `make chaos ARGS=throttled` runs one; CHAOS_CHURN_SECS sets the soak's length.
+chaos: control-plane
+	$(CARGO) run -p kuberator-tests --bin chaos -- $(ARGS)

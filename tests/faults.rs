@@ -30,7 +30,10 @@ use kuberator::{
 use kuberator_tests::{Journal, OWNER_LABEL, Sample, SampleSpec, Samples, unix_nanos};
 use serde_json::json;
 
-use crate::{operations::http_get, support::init_tracing};
+use crate::{
+    operations::http_get,
+    support::{init_tracing, install_loosened_crd, malformed},
+};
 
 /// How long a scenario may take to converge before it fails.
 const CONVERGE: Duration = Duration::from_secs(180);
@@ -417,18 +420,20 @@ async fn shutdown_under_load_with_hung_handlers_is_bounded() {
 /// them are deleted and the rest get a new value), then everything converges again.
 async fn outage_scenario<F, Fut>(what: &str, outage: F)
 where
-    F: FnOnce(TestEnv) -> Fut,
+    F: FnOnce(TestEnv, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = (TestEnv, Instant)>,
 {
     init_tracing();
     let env = env().await;
     let client = env.client();
-    let operator = Running::start(client.clone(), |o| o.concurrency(8));
+    let operator = Running::start(client.clone(), |o| {
+        o.concurrency(8).unready_after(UNREADY_AFTER)
+    });
     let rss_before = rss_kib();
     let names = create_many(&client, "obj", 100, 1).await;
     let baseline = converge(&client, 100, &operator, "before the outage").await;
     let applies_before = operator.journal.total_applies();
-    let (env, answering) = outage(env).await;
+    let (env, answering) = outage(env, operator.addr).await;
     // First successful reconcile after the server answers again: a fresh object's status.
     let probe = create_many(&client, "probe", 1, 5).await;
     let api = samples(&client);
@@ -465,14 +470,36 @@ where
     drop(env);
 }
 
-/// The API server is killed for 5 s and started again on the same address and certificates.
+/// How long the outage scenarios let the watches fail before `/readyz` must say 503.
+const UNREADY_AFTER: Duration = Duration::from_secs(2);
+
+/// The API server is killed for 5 s and started again on the same address and certificates;
+/// `/readyz` is 503 (naming the failing watch) while it is down for longer than the
+/// operator's `unready_after`, and 200 again after it is back.
 #[tokio::test]
 async fn apiserver_restart() {
-    outage_scenario("apiserver killed 5 s", |mut env| async move {
+    outage_scenario("apiserver killed 5 s", |mut env, health| async move {
         env.stop_apiserver().unwrap();
+        let stopped = Instant::now();
         tokio::time::sleep(Duration::from_secs(5)).await;
+        let (code, body) = http_get(health, "/readyz").await;
+        assert_eq!(code, 503, "/readyz during the outage: {body}");
+        assert!(body.contains("failing for"), "{body}");
+        eprintln!(
+            "apiserver killed: /readyz {code} {:?} after the kill: {}",
+            stopped.elapsed(),
+            body.trim()
+        );
         env.start_apiserver().await.unwrap();
         let answering = Instant::now();
+        let ready = loop {
+            if http_get(health, "/readyz").await.0 == 200 {
+                break answering.elapsed();
+            }
+            assert!(answering.elapsed() < CONVERGE, "never ready again");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        eprintln!("apiserver killed: /readyz 200 again {ready:?} after it answered");
         (env, answering)
     })
     .await;
@@ -481,7 +508,7 @@ async fn apiserver_restart() {
 /// etcd is killed for 5 s and started again on the same data.
 #[tokio::test]
 async fn etcd_restart() {
-    outage_scenario("etcd killed 5 s", |mut env| async move {
+    outage_scenario("etcd killed 5 s", |mut env, _| async move {
         env.stop_etcd().unwrap();
         tokio::time::sleep(Duration::from_secs(5)).await;
         env.start_etcd().await.unwrap();
@@ -495,7 +522,7 @@ async fn etcd_restart() {
 /// deadline, so nothing hangs for good.
 #[tokio::test]
 async fn apiserver_paused() {
-    outage_scenario("apiserver paused 10 s", |mut env| async move {
+    outage_scenario("apiserver paused 10 s", |mut env, _| async move {
         env.pause_apiserver().unwrap();
         tokio::time::sleep(Duration::from_secs(10)).await;
         env.resume_apiserver().unwrap();
@@ -562,36 +589,10 @@ async fn set_values_one(api: &Api<Sample>, name: &str, value: i32) {
 async fn a_malformed_object_among_good_ones() {
     init_tracing();
     let env = env().await;
-    let mut crd = <Sample as kube::CustomResourceExt>::crd();
-    let schema = crd.spec.versions[0].schema.as_mut().unwrap();
-    let spec = schema
-        .open_api_v3_schema
-        .as_mut()
-        .unwrap()
-        .properties
-        .as_mut()
-        .unwrap()
-        .get_mut("spec")
-        .unwrap();
-    spec.properties.as_mut().unwrap().insert(
-        "value".into(),
-        serde_json::from_value(json!({ "x-kubernetes-int-or-string": true })).unwrap(),
-    );
-    env.install_crd_value(crd).await.unwrap();
+    let dynamic = install_loosened_crd::<Sample>(&env).await;
     let client = env.client();
-    let dynamic: Api<kube::api::DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        "default",
-        &kube::api::ApiResource::erase::<Sample>(&()),
-    );
-    let malformed: kube::api::DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "faults.kuberator.dev/v1", "kind": "Sample",
-        "metadata": { "name": "malformed" },
-        "spec": { "value": "not-a-number" }
-    }))
-    .unwrap();
     dynamic
-        .create(&PostParams::default(), &malformed)
+        .create(&PostParams::default(), &malformed::<Sample>("malformed"))
         .await
         .unwrap();
     let operator = Running::start(client.clone(), |o| o.concurrency(4));
@@ -606,6 +607,92 @@ async fn a_malformed_object_among_good_ones() {
     eprintln!(
         "malformed: 20 good objects converged in {converged:?}; the malformed one applied 0 times; applies per object {:?}",
         per_object(&operator.journal, &names)
+    );
+    operator.stop().await;
+}
+
+/// A good object changed so that it no longer decodes: its cached copy is dropped (a change of
+/// its child reconciles nothing, no child is recreated from stale data), it gets a `Warning`
+/// event `Undecodable` and is counted; deleted, its finalizer is released without a cleanup
+/// call and it is gone; the other objects converge.
+#[tokio::test]
+async fn a_good_object_turned_undecodable() {
+    const TURNED: &str = "turned-0";
+    init_tracing();
+    let env = env().await;
+    let dynamic = install_loosened_crd::<Sample>(&env).await;
+    let client = env.client();
+    let operator = Running::start(client.clone(), |o| o.concurrency(4));
+    let mut names = create_many(&client, "good", 10, 1).await;
+    names.extend(create_many(&client, "turned", 1, 1).await);
+    converge(&client, 11, &operator, "before the change").await;
+    let applies = operator.journal.applies(TURNED);
+    let patch = json!({ "spec": { "value": "not-a-number" } });
+    dynamic
+        .patch(TURNED, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), "default");
+    let started = Instant::now();
+    let warning = loop {
+        let found = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("Undecodable")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(TURNED)
+            });
+        if let Some(event) = found {
+            break event;
+        }
+        assert!(started.elapsed() < CONVERGE, "no Undecodable event");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let warned = started.elapsed();
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    assert!(operator.metric("kuberator_undecodable_objects_total") >= 1.0);
+    // Its child changes (deleted): that reconciled the stale copy before; now nothing runs.
+    let children: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    children
+        .delete(TURNED, &DeleteParams::default())
+        .await
+        .unwrap();
+    // A barrier: the other objects take a new value through the same controller.
+    set_values(&client, &names[..10], 2).await;
+    wait_values(&client, &names[..10], 2).await;
+    assert_eq!(
+        operator.journal.applies(TURNED),
+        applies,
+        "a stale copy was applied"
+    );
+    assert!(
+        children.get_opt(TURNED).await.unwrap().is_none(),
+        "child recreated from stale data"
+    );
+    // Deleted, it is gone: the finalizer is released without cleanup.
+    dynamic
+        .delete(TURNED, &DeleteParams::default())
+        .await
+        .unwrap();
+    let deleting = Instant::now();
+    while dynamic.get_opt(TURNED).await.unwrap().is_some() {
+        assert!(
+            deleting.elapsed() < CONVERGE,
+            "the undecodable object is stuck in deletion"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gone = deleting.elapsed();
+    assert_eq!(operator.journal.cleanups(TURNED), 0);
+    let converged = converge(&client, 10, &operator, "after the undecodable object").await;
+    eprintln!(
+        "turned undecodable: Warning event {warned:?} after the change, 0 applies of the stale copy, \
+         deleted and gone in {gone:?}, others converged {converged:?} after; note: {}",
+        warning.note.unwrap_or_default()
     );
     operator.stop().await;
 }

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
-    Api, CustomResourceExt, ResourceExt,
+    Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams},
     core::object::HasStatus,
 };
@@ -209,37 +209,10 @@ async fn a_panic_or_a_malformed_object_does_not_stop_the_others() {
     init_tracing();
     let env = TestEnv::start().await.unwrap();
     // A looser schema than the Rust type: `value` may be a string.
-    let mut crd = Widget::crd();
-    let schema = crd.spec.versions[0].schema.as_mut().unwrap();
-    let spec_schema = &mut schema
-        .open_api_v3_schema
-        .as_mut()
-        .unwrap()
-        .properties
-        .as_mut()
-        .unwrap()
-        .get_mut("spec")
-        .unwrap();
-    spec_schema.properties.as_mut().unwrap().insert(
-        "value".into(),
-        serde_json::from_value(json!({ "x-kubernetes-int-or-string": true })).unwrap(),
-    );
-    env.install_crd_value(crd).await.unwrap();
-
+    let dynamic = install_loosened_crd::<Widget>(&env).await;
     let client = env.client();
-    let dynamic: Api<kube::api::DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        "default",
-        &kube::api::ApiResource::erase::<Widget>(&()),
-    );
-    let malformed: kube::api::DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "test.kuberator.dev/v1", "kind": "Widget",
-        "metadata": { "name": "malformed" },
-        "spec": { "value": "not-a-number" }
-    }))
-    .unwrap();
     dynamic
-        .create(&PostParams::default(), &malformed)
+        .create(&PostParams::default(), &malformed::<Widget>("malformed"))
         .await
         .unwrap();
 

@@ -14,8 +14,10 @@ use std::{
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
-    Api, CustomResource, CustomResourceExt, Resource, ResourceExt, api::ObjectMeta,
-    core::object::HasStatus, runtime::watcher,
+    Api, CustomResource, CustomResourceExt, Resource, ResourceExt,
+    api::{ApiResource, DynamicObject, ObjectMeta},
+    core::object::HasStatus,
+    runtime::watcher,
 };
 use kuberator::{
     Action, Context, Finalize, K8sRepository, ObserveGeneration, Reconcile, StaticApiProvider,
@@ -401,4 +403,41 @@ pub fn init_tracing() {
         )
         .with_test_writer()
         .try_init();
+}
+
+/// Installs `K`'s CRD with `spec.value` loosened to int-or-string, so that objects the Rust type
+/// cannot decode (a string there) can be stored; returns the untyped API to write them in
+/// `default`.
+pub async fn install_loosened_crd<K>(env: &kuberator::testing::TestEnv) -> Api<DynamicObject>
+where
+    K: CustomResourceExt + Resource<DynamicType = ()>,
+{
+    let mut crd = K::crd();
+    let schema = crd.spec.versions[0].schema.as_mut().unwrap();
+    let spec = schema
+        .open_api_v3_schema
+        .as_mut()
+        .unwrap()
+        .properties
+        .as_mut()
+        .unwrap()
+        .get_mut("spec")
+        .unwrap();
+    spec.properties.as_mut().unwrap().insert(
+        "value".into(),
+        serde_json::from_value(serde_json::json!({ "x-kubernetes-int-or-string": true })).unwrap(),
+    );
+    env.install_crd_value(crd).await.unwrap();
+    Api::namespaced_with(env.client(), "default", &ApiResource::erase::<K>(&()))
+}
+
+/// An object of `K` named `name` whose `spec.value` is a string: stored by the loosened CRD,
+/// undecodable into `K`.
+pub fn malformed<K: Resource<DynamicType = ()>>(name: &str) -> DynamicObject {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": K::api_version(&()), "kind": K::kind(&()),
+        "metadata": { "name": name },
+        "spec": { "value": "not-a-number" }
+    }))
+    .unwrap()
 }

@@ -565,12 +565,14 @@ where
             ctx.guard.clone(),
             ctx.own_writes.clone(),
         );
+        let (finalizer, events) = (ctx.finalizer(), ctx.events().cloned());
         Operator::with_reconciler(client, HandlerReconciler(handler))
             .namespaces(namespaces)
             .name(name)
             .share_caches(caches)
             .request_guard(guard)
             .own_writes(own_writes)
+            .on_undecodable(finalizer, events)
     }
 }
 

@@ -47,7 +47,12 @@ impl Backoff {
     }
 }
 
-/// Failure counts per object key.
+/// Per-object maps are pruned once they hold more entries than this and twice the live objects.
+pub(crate) const PRUNE_ABOVE: usize = 1024;
+
+/// Failure counts per object key. An object that succeeds is forgotten; one deleted while it
+/// was failing is forgotten by [`retain_live`](FailureCounts::retain_live), so the map stays
+/// bounded by the live objects.
 #[derive(Debug)]
 pub(crate) struct FailureCounts<K> {
     counts: Mutex<HashMap<K, u32>>,
@@ -66,6 +71,22 @@ impl<K: Eq + Hash> FailureCounts<K> {
         let count = counts.entry(key).or_insert(0);
         *count = count.saturating_add(1);
         *count
+    }
+
+    /// When the map holds more than [`PRUNE_ABOVE`] entries and more than twice `live` (the
+    /// number of live objects), drops the keys `is_live` rejects (objects deleted while they
+    /// were failing).
+    pub(crate) fn retain_live(&self, live: usize, is_live: impl Fn(&K) -> bool) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if counts.len() > PRUNE_ABOVE && counts.len() > live.saturating_mul(2) {
+            counts.retain(|key, _| is_live(key));
+        }
+    }
+
+    /// How many objects have failures recorded.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Forgets the failures of `key` (after a success).
@@ -106,6 +127,26 @@ mod tests {
             let d = b.jittered(n);
             assert!(d >= b.delay(n) && d <= b.delay(n).mul_f64(1.2), "{d:?}");
         }
+    }
+
+    #[test]
+    fn failure_counts_stay_bounded_by_the_live_objects() {
+        let f = FailureCounts::new();
+        // 10 live objects keep failing; 5,000 others failed once and were deleted.
+        for round in 0..3 {
+            for live in 0..10 {
+                f.fail(format!("live-{live}"));
+            }
+            for gone in 0..5000 {
+                f.fail(format!("gone-{round}-{gone}"));
+                f.retain_live(10, |key| key.starts_with("live-"));
+            }
+            assert!(f.len() <= PRUNE_ABOVE + 1, "{}", f.len());
+        }
+        f.retain_live(0, |_| false);
+        assert!(f.len() <= PRUNE_ABOVE + 1);
+        // The live objects kept their counts through the pruning.
+        assert!(f.get(&"live-3".to_owned()) >= 1);
     }
 
     #[test]

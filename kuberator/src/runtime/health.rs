@@ -32,10 +32,36 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// readiness.set_ready(true);
 /// assert!(readiness.is_ready());
 /// ```
-#[derive(Clone, Debug)]
+///
+/// Beside the flag, `/readyz` consults the registered [checks](Readiness::add_check): while one
+/// reports a problem (e.g. the watches cannot reach the API server, see
+/// [`RequestGuard::unready_after`](super::RequestGuard::unready_after)), the operator is not
+/// ready and `/readyz` names the problem. `/healthz` (liveness) never looks at them: an API
+/// server outage must not get the pod restarted, only taken out of service.
+///
+/// ```
+/// let readiness = kuberator::runtime::Readiness::new();
+/// readiness.set_ready(true);
+/// readiness.add_check(|| Some("the API server is unreachable".to_owned()));
+/// assert!(!readiness.is_ready());
+/// assert_eq!(readiness.problems(), ["the API server is unreachable"]);
+/// ```
+#[derive(Clone)]
 pub struct Readiness {
     state: watch::Sender<bool>,
     waiting_for: Arc<std::sync::Mutex<String>>,
+    checks: Arc<std::sync::Mutex<Vec<Check>>>,
+}
+
+type Check = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness")
+            .field("ready", &*self.state.borrow())
+            .field("problems", &self.problems())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Readiness {
@@ -50,6 +76,7 @@ impl Readiness {
         Readiness {
             state: watch::Sender::new(false),
             waiting_for: Arc::default(),
+            checks: Arc::default(),
         }
     }
 
@@ -75,12 +102,32 @@ impl Readiness {
             .clone()
     }
 
-    /// Whether the operator is ready.
+    /// Whether the operator is ready: the flag is set and no [check](Self::add_check) reports a
+    /// problem.
     pub fn is_ready(&self) -> bool {
-        *self.state.borrow()
+        *self.state.borrow() && self.problems().is_empty()
     }
 
-    /// A receiver that sees every change.
+    /// Adds a check `/readyz` runs on every probe: `Some(problem)` makes the operator not ready
+    /// and is shown in the answer, `None` is fine. Keep it cheap (no I/O).
+    pub fn add_check(&self, check: impl Fn() -> Option<String> + Send + Sync + 'static) {
+        self.checks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Arc::new(check));
+    }
+
+    /// What the [checks](Self::add_check) report right now.
+    pub fn problems(&self) -> Vec<String> {
+        let checks = self
+            .checks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        checks.iter().filter_map(|check| check()).collect()
+    }
+
+    /// A receiver that sees every change of the flag (not of the checks).
     pub fn subscribe(&self) -> watch::Receiver<bool> {
         self.state.subscribe()
     }
@@ -96,7 +143,8 @@ struct Probes {
 ///
 /// - `GET /metrics`: [`Metrics::encode`] as OpenMetrics text (404 without metrics);
 /// - `GET /healthz`: `200 ok` while the process runs (liveness);
-/// - `GET /readyz`: `200 ok` once [`Readiness`] is set, `503` before (readiness);
+/// - `GET /readyz`: `200 ok` once [`Readiness`] is set and none of its checks reports a problem,
+///   `503` with the reasons otherwise (readiness);
 ///
 /// `HEAD` works on each; anything else is `404` or `405`. Plain HTTP/1.1, meant for the kubelet
 /// and Prometheus inside the cluster.
@@ -248,15 +296,24 @@ fn respond(probes: &Probes, request: &Request<Incoming>) -> Response<Full<Bytes>
         },
         "/healthz" | "/livez" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
-            if probes.readiness.is_ready() {
+            let flag = *probes.readiness.state.borrow();
+            let problems = probes.readiness.problems();
+            if flag && problems.is_empty() {
                 text(StatusCode::OK, "ok\n")
             } else {
                 let waiting_for = probes.readiness.waiting_for();
-                let body = if waiting_for.is_empty() {
+                let mut body = if flag {
+                    String::new()
+                } else if waiting_for.is_empty() {
                     "not ready: initial sync in progress\n".to_owned()
                 } else {
                     format!("not ready: {waiting_for}\n")
                 };
+                for problem in problems {
+                    body.push_str("not ready: ");
+                    body.push_str(&problem);
+                    body.push('\n');
+                }
                 let mut response = Response::new(Full::new(Bytes::from(body)));
                 *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
                 response.headers_mut().insert(
@@ -374,6 +431,27 @@ mod tests {
             TcpStream::connect(addr).await.is_err(),
             "the port is closed after shutdown"
         );
+    }
+
+    #[tokio::test]
+    async fn a_failing_check_makes_readyz_503_with_its_reason_until_it_clears() {
+        let (addr, readiness, stop, task) = start(None).await;
+        readiness.set_ready(true);
+        let problem = Arc::new(std::sync::Mutex::new(Some("the watch of /x is failing")));
+        let seen = problem.clone();
+        readiness.add_check(move || seen.lock().unwrap().map(str::to_owned));
+        let (status, _, body) = request(addr, "GET", "/readyz").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (503, "not ready: the watch of /x is failing\n")
+        );
+        assert!(!readiness.is_ready());
+        assert_eq!(request(addr, "GET", "/healthz").await.0, 200, "liveness");
+        *problem.lock().unwrap() = None;
+        assert_eq!(request(addr, "GET", "/readyz").await.0, 200);
+        assert!(readiness.is_ready());
+        stop.send(()).unwrap();
+        task.await.unwrap().unwrap();
     }
 
     #[tokio::test]

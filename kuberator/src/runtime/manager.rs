@@ -552,6 +552,11 @@ impl ReadinessGate {
 }
 
 impl ReadinessGate {
+    /// Adds a check `/readyz` runs (see [`Readiness::add_check`]).
+    pub(crate) fn add_check(&self, check: impl Fn() -> Option<String> + Send + Sync + 'static) {
+        self.readiness.add_check(check);
+    }
+
     /// A watch lost its kind (a CRD deleted): not ready until it lists again.
     pub(crate) fn lost(&self) {
         self.readiness.set_ready(false);

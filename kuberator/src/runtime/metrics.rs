@@ -56,6 +56,7 @@ struct Inner {
     panics: Family<ControllerLabels, Counter>,
     timeouts: Family<ControllerLabels, Counter>,
     cancelled: Family<ControllerLabels, Counter>,
+    undecodable: Family<ControllerLabels, Counter>,
     reconcile_time: HistogramFamily,
     max_concurrent: Family<ControllerLabels, Gauge>,
     active_workers: Family<ControllerLabels, Gauge>,
@@ -123,6 +124,7 @@ impl Metrics {
         let panics = Family::<ControllerLabels, Counter>::default();
         let timeouts = Family::<ControllerLabels, Counter>::default();
         let cancelled = Family::<ControllerLabels, Counter>::default();
+        let undecodable = Family::<ControllerLabels, Counter>::default();
         let reconcile_time: HistogramFamily =
             Family::new_with_constructor(|| Histogram::new(RECONCILE_TIME_BUCKETS));
         let max_concurrent = Family::<ControllerLabels, Gauge>::default();
@@ -160,6 +162,11 @@ impl Metrics {
             "Total number of reconciliations cancelled at the shutdown deadline per controller",
             cancelled.clone(),
         );
+        registry.register(
+            "kuberator_undecodable_objects",
+            "Total number of watched objects that did not decode into the controller's type (left out of its cache) per controller",
+            undecodable.clone(),
+        );
         registry.register_with_unit(
             "controller_runtime_reconcile_time",
             "Length of time per reconciliation per controller",
@@ -195,6 +202,7 @@ impl Metrics {
                 panics,
                 timeouts,
                 cancelled,
+                undecodable,
                 reconcile_time,
                 max_concurrent,
                 active_workers,
@@ -245,6 +253,7 @@ impl Metrics {
         touch(&inner.panics, &labels);
         touch(&inner.timeouts, &labels);
         touch(&inner.cancelled, &labels);
+        touch(&inner.undecodable, &labels);
         touch(&inner.reconcile_time, &labels);
         touch(&inner.max_concurrent, &labels);
         touch(&inner.active_workers, &labels);
@@ -362,6 +371,15 @@ impl ControllerMetrics {
             .cancelled
             .get_or_create(&self.labels)
             .inc_by(count);
+    }
+
+    /// Counts one watched object that did not decode (`kuberator_undecodable_objects_total`).
+    pub fn undecodable(&self) {
+        self.metrics
+            .inner
+            .undecodable
+            .get_or_create(&self.labels)
+            .inc();
     }
 
     /// An object is waiting for a reconcile slot: `workqueue_depth` goes up until the guard is

@@ -23,8 +23,8 @@ pub use metrics::{ControllerMetrics, Metrics};
 pub use operator::{DEFAULT_SHUTDOWN_TIMEOUT, Operator, Reconciler, default_error_policy};
 pub use own_writes::{OwnWrite, OwnWrites};
 pub use request::{
-    DEFAULT_REQUEST_TIMEOUT, MAX_RETRY_AFTER, RequestError, RequestGuard, THROTTLE_LOG_INTERVAL,
-    client_without_retry, request_error,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_UNREADY_AFTER, MAX_RETRY_AFTER, RequestError, RequestGuard,
+    THROTTLE_LOG_INTERVAL, client_without_retry, request_error,
 };
 pub use shard::{Sharding, Shards, rendezvous};
 pub use shared::{Cache, Cached, Caches};

@@ -16,7 +16,7 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     core::PartialObjectMeta,
     runtime::{
-        Controller, Predicate, WatchStreamExt,
+        Controller, Predicate,
         controller::Action,
         predicates,
         reflector::{self, ObjectRef},
@@ -42,7 +42,7 @@ use super::{
     shared::{Caches, SharedWatches},
     shutdown::shutdown_signal,
     timeout::{DEFAULT_RECONCILE_TIMEOUT, with_timeout},
-    watch::{WatchBackoff, typed_watch},
+    watch::{OnUndecodable, typed_watch, with_watch_backoff},
 };
 use crate::{
     cache::ApiScope,
@@ -150,6 +150,8 @@ pub struct Operator<R: Object> {
     guard: RequestGuard,
     own_writes: OwnWrites,
     webhooks: crate::webhook::Settings,
+    release_undecodable: Option<String>,
+    events: Option<crate::events::EventRecorder>,
 }
 
 /// The longest error message in the "reconcile failed" log line (4 KiB; a retried 2 MiB error
@@ -192,6 +194,8 @@ where
             guard: RequestGuard::new(),
             own_writes: OwnWrites::new(),
             webhooks: crate::webhook::Settings::default(),
+            release_undecodable: None,
+            events: None,
         }
     }
 }
@@ -266,13 +270,11 @@ impl<R: Object> Operator<R> {
             .push(Box::new(move |controller, wiring, namespace| {
                 let client = wiring.client.clone();
                 let ns = namespace.map(str::to_owned);
-                let make = move || {
+                let make = move |_| {
                     // `PartialObjectMeta` makes the watch metadata-only.
                     let api: Api<PartialObjectMeta<Child>> =
                         <Child::Scope as ApiScope>::api(client, ns.as_deref());
-                    watcher(api, watcher::Config::default())
-                        .backoff(WatchBackoff::default())
-                        .boxed()
+                    with_watch_backoff(watcher(api, watcher::Config::default())).boxed()
                 };
                 let (_, children) = wiring.watches.subscribe::<PartialObjectMeta<Child>>(
                     namespace,
@@ -316,11 +318,9 @@ impl<R: Object> Operator<R> {
             .push(Box::new(move |controller, wiring, namespace| {
                 let client = wiring.client.clone();
                 let ns = namespace.map(str::to_owned);
-                let make = move || {
+                let make = move |_| {
                     let api: Api<Other> = <Other::Scope as ApiScope>::api(client, ns.as_deref());
-                    watcher(api, watcher::Config::default())
-                        .backoff(WatchBackoff::default())
-                        .boxed()
+                    with_watch_backoff(watcher(api, watcher::Config::default())).boxed()
                 };
                 let (_, related) = wiring.watches.subscribe::<Other>(
                     namespace,
@@ -486,6 +486,38 @@ impl<R: Object> Operator<R> {
         self
     }
 
+    /// How long the watches may keep failing (API server unreachable, 5xx, throttled lists)
+    /// before `/readyz` answers 503 naming the failing watch (default
+    /// [`DEFAULT_UNREADY_AFTER`](crate::runtime::DEFAULT_UNREADY_AFTER), 10 s). It is 200 again
+    /// as soon as they succeed. `/healthz` is not affected: an API server outage takes the pod
+    /// out of service, it does not get it restarted.
+    #[must_use]
+    pub fn unready_after(self, after: Duration) -> Self {
+        self.guard.set_unready_after(after);
+        self
+    }
+
+    /// What happens to an object of `R` that no longer decodes into `R` (e.g. its stored spec
+    /// does not match the Rust type after a schema change). It is always left out of the cache
+    /// (no reconcile runs on a stale copy), logged, counted in
+    /// `kuberator_undecodable_objects_total` and, with `events`, given a `Warning` event
+    /// `Undecodable`. When it is deleted and carries `finalizer`, the finalizer is removed
+    /// **without calling cleanup** (there is no `R` to give it), so the deletion completes;
+    /// children with owner references are then garbage-collected by Kubernetes. `None` keeps
+    /// the finalizer until someone repairs the object.
+    ///
+    /// [`Operator::new`] sets the handler's finalizer and event recorder.
+    #[must_use]
+    pub fn on_undecodable(
+        mut self,
+        finalizer: Option<&str>,
+        events: Option<crate::events::EventRecorder>,
+    ) -> Self {
+        self.release_undecodable = finalizer.map(str::to_owned);
+        self.events = events;
+        self
+    }
+
     /// The operator's [`RequestGuard`]: wrap your own clients with it
     /// ([`RequestGuard::client`]) so that they too stop writing when leadership is in doubt.
     pub fn guard(&self) -> &RequestGuard {
@@ -588,6 +620,17 @@ impl<R: Object> ManagedController for Operator<R> {
             cm.set_max_concurrent_reconciles(this.concurrency);
             cm
         });
+        // Watches go through the guard too: a deadline on each list and watch request, 429s
+        // counted and retried at the server's pace, and `/readyz` 503 while they keep failing.
+        let watch_client = this.guard.watch_client(services.client.clone());
+        let guard = this.guard.clone();
+        services.readiness.add_check(move || guard.unreachable());
+        let undecodable = OnUndecodable {
+            finalizer: this.release_undecodable,
+            events: this.events,
+            metrics: controller_metrics.clone(),
+            client: Some(this.guard.client(services.client.clone())),
+        };
         let scopes: Vec<Option<String>> = if this.namespaces.is_empty() {
             vec![None]
         } else {
@@ -595,9 +638,12 @@ impl<R: Object> ManagedController for Operator<R> {
         };
         let mut subscribed = Vec::with_capacity(scopes.len());
         for scope in &scopes {
-            let client = services.client.clone();
+            let client = watch_client.clone();
             let (ns, config) = (scope.clone(), this.watcher_config.clone());
-            let make = move || typed_watch::<R>(client, ns.as_deref(), config, || {}).boxed();
+            let undecodable = undecodable.clone();
+            let make = move |cache| {
+                typed_watch::<R>(client, ns.as_deref(), config, || {}, cache, undecodable).boxed()
+            };
             // Ready once every scope has listed its objects (a warm cache, leader or standby).
             let (reader, changed) = setup.watches.subscribe::<R>(
                 scope.as_deref(),
@@ -640,7 +686,7 @@ impl<R: Object> ManagedController for Operator<R> {
             }
             let mut wiring = Wiring {
                 watches: &mut setup.watches,
-                client: &services.client,
+                client: &watch_client,
                 readiness: &services.readiness,
                 name: &name,
                 own_writes: &this.own_writes,
@@ -926,6 +972,10 @@ async fn reconcile_counted<R: Object>(object: Arc<R>, shared: Arc<LoopState<R>>)
 
 fn error_policy<R: Object>(object: Arc<R>, error: &Error, shared: Arc<LoopState<R>>) -> Action {
     let failures = shared.failures.fail(ObjectRef::from_obj(object.as_ref()));
+    let live = shared.stores.iter().map(reflector::Store::len).sum();
+    shared.failures.retain_live(live, |key| {
+        shared.stores.iter().any(|store| store.get(key).is_some())
+    });
     let action = shared
         .reconciler
         .error_policy(object.as_ref(), error, failures, &shared.backoff);

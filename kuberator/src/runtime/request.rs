@@ -14,6 +14,11 @@
 //!    at [`MAX_RETRY_AFTER`]) while its deadline allows; then the 429 is returned as an error
 //!    and the reconcile backs off.
 //!
+//! A client from [`RequestGuard::watch_client`] (what the operator's watches use) also records,
+//! per watched path, since when its requests fail (no connection, no answer in time, 5xx or
+//! 429): [`RequestGuard::unreachable`] turns that into the operator's `/readyz` answer once a
+//! watch has failed for longer than [`RequestGuard::unready_after`].
+//!
 //! kube-rs clients built with `Config::default_retry = true` (the default) retry 429s
 //! themselves, silently, for up to 15 tries with a delay doubling from 5 ms to 1000 s; the
 //! deadline bounds that loop. Build the operator's client with `default_retry = false` (see
@@ -42,6 +47,8 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const THROTTLE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// The longest wait honoured from a `Retry-After` header (5 s).
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// How long the watches may fail before `/readyz` says the operator is not ready (10 s).
+pub const DEFAULT_UNREADY_AFTER: Duration = Duration::from_secs(10);
 /// The first wait after a 429 without `Retry-After`; doubles up to [`MAX_RETRY_AFTER`].
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 
@@ -97,6 +104,10 @@ struct Inner {
     timeouts: Counter,
     refused: Counter,
     last_throttle_log: Mutex<Option<Instant>>,
+    /// Milliseconds a watch may fail before the operator is not ready.
+    unready_after_ms: AtomicU64,
+    /// The watched paths whose last request failed: since when, and the last error.
+    failing: Mutex<std::collections::BTreeMap<String, (Instant, String)>>,
 }
 
 impl Default for Inner {
@@ -108,6 +119,8 @@ impl Default for Inner {
             timeouts: Counter::default(),
             refused: Counter::default(),
             last_throttle_log: Mutex::new(None),
+            unready_after_ms: AtomicU64::new(millis(DEFAULT_UNREADY_AFTER)),
+            failing: Mutex::new(std::collections::BTreeMap::new()),
         }
     }
 }
@@ -212,13 +225,100 @@ impl RequestGuard {
 
     /// `client` with this guard in front of every request.
     pub fn client(&self, client: Client) -> Client {
+        self.wrap(client, false)
+    }
+
+    /// Like [`client`](Self::client), for watches and lists: also records, per path, whether
+    /// the API server answers them (see [`unreachable`](Self::unreachable)).
+    pub fn watch_client(&self, client: Client) -> Client {
+        self.wrap(client, true)
+    }
+
+    fn wrap(&self, client: Client, track: bool) -> Client {
         let namespace = client.default_namespace().to_owned();
         let guard = self.clone();
         let service = tower::service_fn(move |request: Request<Body>| {
             let (guard, client) = (guard.clone(), client.clone());
-            async move { guard.send(&client, request).await }
+            async move {
+                if !track {
+                    return guard.send(&client, request).await;
+                }
+                let path = request.uri().path().to_owned();
+                let result = guard.send(&client, request).await;
+                guard.track(path, &result);
+                result
+            }
         });
         Client::new(service, namespace)
+    }
+
+    /// Sets how long the watches may fail (no connection, no answer, 5xx, 429) before
+    /// [`unreachable`](Self::unreachable) reports it and `/readyz` answers 503 (default
+    /// [`DEFAULT_UNREADY_AFTER`], 10 s).
+    pub fn set_unready_after(&self, after: Duration) {
+        self.inner
+            .unready_after_ms
+            .store(millis(after), Ordering::Relaxed);
+    }
+
+    /// How long the watches may fail before the operator is not ready.
+    pub fn unready_after(&self) -> Duration {
+        Duration::from_millis(self.inner.unready_after_ms.load(Ordering::Relaxed))
+    }
+
+    /// `Some(problem)` while a request of a [`watch_client`](Self::watch_client) path has been
+    /// failing for longer than [`unready_after`](Self::unready_after) without one succeeding:
+    /// the watch behind it cannot follow the API server (e.g. the server is down), so the
+    /// cache is going stale. `None` once the path answers again.
+    pub fn unreachable(&self) -> Option<String> {
+        let after = self.unready_after();
+        let now = Instant::now();
+        let failing = self
+            .inner
+            .failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let stale: Vec<String> = failing
+            .iter()
+            .filter(|(_, (since, _))| now.duration_since(*since) >= after)
+            .map(|(path, (since, error))| {
+                format!(
+                    "the watch of {path} has been failing for {:.1} s: {error}",
+                    now.duration_since(*since).as_secs_f64()
+                )
+            })
+            .collect();
+        (!stale.is_empty()).then(|| stale.join("; "))
+    }
+
+    /// Records the outcome of a watch or list request of `path`.
+    fn track(&self, path: String, result: &Result<Response<Body>, kube::Error>) {
+        let problem = match result {
+            Ok(response) if response.status().is_server_error() => {
+                Some(format!("HTTP {}", response.status()))
+            }
+            Ok(response) if response.status() == StatusCode::TOO_MANY_REQUESTS => {
+                Some("HTTP 429 Too Many Requests".to_owned())
+            }
+            Ok(_) => None,
+            Err(error) => Some(crate::status::bounded(error.to_string(), 512)),
+        };
+        let mut failing = self
+            .inner
+            .failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match problem {
+            None => {
+                failing.remove(&path);
+            }
+            Some(problem) => {
+                let since = failing
+                    .get(&path)
+                    .map_or_else(Instant::now, |(since, _)| *since);
+                failing.insert(path, (since, problem));
+            }
+        }
     }
 
     async fn send(
@@ -435,6 +535,44 @@ mod tests {
         // 2 s apart within 10 s: sent at 0, 2, 4, 6, 8; the next would land past the deadline.
         assert_eq!(guard.throttled(), 5);
         answer.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_watch_requests_make_the_guard_unreachable_after_the_threshold() {
+        let (inner, mut handle) = mock_client();
+        let guard = RequestGuard::new();
+        guard.set_unready_after(Duration::from_secs(10));
+        let client = guard.watch_client(inner);
+        let path = "/apis/x.dev/v1/namespaces/default/things";
+        let answer = |code: u16| {
+            Response::builder()
+                .status(code)
+                .body(Body::from(b"{}".to_vec()))
+                .unwrap()
+        };
+        // Two failures 6 s apart: failing since the first, not yet past the threshold.
+        for _ in 0..2 {
+            let c = client.clone();
+            let request = tokio::spawn(async move { c.request_text(get(path)).await });
+            let (_, respond) = handle.next_request().await.unwrap();
+            respond.send_response(answer(503));
+            let _ = request.await.unwrap();
+            assert_eq!(guard.unreachable(), None);
+            tokio::time::advance(Duration::from_secs(6)).await;
+        }
+        let problem = guard.unreachable().expect("failing for 12 s");
+        assert!(
+            problem.contains(path) && problem.contains("503"),
+            "{problem}"
+        );
+        // One answer clears it.
+        let c = client.clone();
+        let request = tokio::spawn(async move { c.request_text(get(path)).await });
+        let (_, respond) = handle.next_request().await.unwrap();
+        respond.send_response(answer(200));
+        request.await.unwrap().unwrap();
+        assert_eq!(guard.unreachable(), None);
+        assert!(guard.inner.failing.lock().unwrap().is_empty(), "bounded");
     }
 
     #[test]

@@ -50,7 +50,7 @@ type RootStream<K> = BoxStream<'static, watcher::Result<watcher::Event<K>>>;
 
 struct SharedWatch<K: Cached> {
     writer: Writer<K>,
-    make: Option<Box<dyn FnOnce() -> RootStream<K> + Send>>,
+    make: Option<Box<dyn FnOnce(Store<K>) -> RootStream<K> + Send>>,
     listed: Vec<Box<dyn Fn() + Send + Sync>>,
     deletes: Vec<UnboundedSender<Arc<K>>>,
 }
@@ -81,7 +81,7 @@ impl<K: Cached> AnyWatch for SharedWatch<K> {
         let Some(make) = make else {
             return tokio::spawn(async {});
         };
-        let events = make().reflect_shared(writer);
+        let events = make(writer.as_reader()).reflect_shared(writer);
         tokio::spawn(async move {
             let mut events = std::pin::pin!(events);
             while let Some(event) = events.next().await {
@@ -133,13 +133,13 @@ impl SharedWatches {
     }
 
     /// Subscribes to the watch of `K` in `namespace` with `config`'s selectors, creating it with
-    /// `make` if no controller watches it yet. Returns the cache and the stream of changed (and
+    /// `make` (given the watch's own cache) if no controller watches it yet. Returns the cache and the stream of changed (and
     /// deleted) objects; `on_listed` is called after each complete list.
     pub(crate) fn subscribe<K: Cached>(
         &mut self,
         namespace: Option<&str>,
         config: &watcher::Config,
-        make: impl FnOnce() -> RootStream<K> + Send + 'static,
+        make: impl FnOnce(Store<K>) -> RootStream<K> + Send + 'static,
         on_listed: impl Fn() + Send + Sync + 'static,
     ) -> (Store<K>, impl Stream<Item = Arc<K>> + Send + 'static) {
         let key = WatchKey {

@@ -1,49 +1,84 @@
 //! The primary watch: decodes objects one by one, so that one malformed object is logged and
 //! skipped instead of failing the whole list.
 
+use std::time::Duration;
+
 use futures::{Stream, TryStreamExt};
 use kube::{
     Api, Client, ResourceExt,
-    api::{ApiResource, DynamicObject},
-    runtime::{WatchStreamExt, watcher},
+    api::{ApiResource, DynamicObject, Patch, PatchParams},
+    core::PartialObjectMetaExt,
+    runtime::{
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
 };
 
 use serde::de::DeserializeOwned;
 
-use crate::finalize::Object;
+use super::metrics::ControllerMetrics;
+use crate::{
+    events::{EmitEvent, EventData, EventRecorder},
+    finalize::Object,
+};
+
+/// What the primary watch does with an object that stops decoding into `R` (e.g. a custom
+/// resource whose stored spec no longer matches the Rust type): besides leaving it out of the
+/// cache, it logs it, counts it, emits a `Warning` event `Undecodable` on it and, when it is
+/// being deleted, removes `finalizer` from it so that the deletion completes.
+#[derive(Clone, Default)]
+pub(crate) struct OnUndecodable {
+    /// The operator's finalizer, released from undecodable objects being deleted (`None`: kept
+    /// until someone repairs the object).
+    pub(crate) finalizer: Option<String>,
+    /// Where the `Warning` event goes.
+    pub(crate) events: Option<EventRecorder>,
+    /// `kuberator_undecodable_objects_total`.
+    pub(crate) metrics: Option<ControllerMetrics>,
+    /// The client for the finalizer release (the operator's guarded client: a standby never
+    /// writes).
+    pub(crate) client: Option<Client>,
+}
+
+/// How often the release of a finalizer is tried before waiting for the next change.
+const RELEASE_ATTEMPTS: u32 = 5;
 
 /// Watches `R` in `namespace` (or everywhere) as untyped objects and decodes each one into `R`.
-/// Objects that do not decode are logged with their name and the serde error and left out.
-/// `on_listed` is called after each complete (re)list.
+/// Objects that do not decode are left out of the cache: a change that makes a cached object
+/// undecodable removes the cached copy (its reconciles stop), see [`OnUndecodable`] for the
+/// rest. `on_listed` is called after each complete (re)list.
 pub(crate) fn typed_watch<R: Object>(
     client: Client,
     namespace: Option<&str>,
     config: watcher::Config,
     on_listed: impl Fn() + Send + 'static,
+    cache: Store<R>,
+    undecodable: OnUndecodable,
 ) -> impl Stream<Item = Result<watcher::Event<R>, watcher::Error>> + Send + 'static {
     let resource = ApiResource::erase::<R>(&());
     let api: Api<DynamicObject> = match namespace {
         Some(ns) => Api::namespaced_with(client, ns, &resource),
         None => Api::all_with(client, &resource),
     };
-    watcher(api, config)
-        .backoff(WatchBackoff::default())
+    with_watch_backoff(watcher(api, config))
         .map_ok(move |event| {
             if matches!(event, watcher::Event::InitDone) {
                 on_listed();
             }
-            decode_event::<R>(event)
+            decode_event::<R>(event, &cache, &undecodable)
         })
         .try_filter_map(|event| futures::future::ready(Ok(event)))
 }
 
-/// The watches' retry delay after an error: 100 ms doubling up to 1 s (with up to 20 % jitter),
-/// back to 100 ms on the first event after a successful (re)list or watch.
+/// The watches' retry delay after an error: 100 ms doubling up to 500 ms (with up to 20 %
+/// jitter), back to 100 ms on the first event after a successful (re)list or watch.
 ///
 /// kube-runtime's default (0.8 s doubling to 30 s, reset only after 120 s without errors) suits
 /// a client that must go easy on a struggling server; a controller wants to resume within a
-/// second of the server answering again (one list per watch per second at worst while it is
-/// down, which a recovering server survives).
+/// second of the server answering again (two connection attempts per watch per second at worst
+/// while it is down, which a recovering server survives). A `410 Gone` (`too old resource
+/// version`, what a restarted API server answers a resumed watch) is the server answering: the
+/// re-list follows at once, without a delay (see [`with_watch_backoff`]).
 #[derive(Clone, Debug)]
 pub struct WatchBackoff {
     next: std::time::Duration,
@@ -53,7 +88,7 @@ impl WatchBackoff {
     /// The first delay.
     pub const MIN: std::time::Duration = std::time::Duration::from_millis(100);
     /// The longest delay.
-    pub const MAX: std::time::Duration = std::time::Duration::from_secs(1);
+    pub const MAX: std::time::Duration = std::time::Duration::from_millis(500);
 }
 
 impl Default for WatchBackoff {
@@ -79,12 +114,58 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
-fn decode_event<R: Object>(event: watcher::Event<DynamicObject>) -> Option<watcher::Event<R>> {
+/// `watch` with [`WatchBackoff`] between retries: after an error the next poll waits for the
+/// delay, except after a `410 Gone` (the watcher then re-lists at once); any event resets it.
+pub(crate) fn with_watch_backoff<S, T>(
+    watch: S,
+) -> impl Stream<Item = Result<T, watcher::Error>> + Send + 'static
+where
+    S: Stream<Item = Result<T, watcher::Error>> + Send + 'static,
+    T: Send + 'static,
+{
+    use futures::StreamExt;
+    use kube::runtime::utils::Backoff as _;
+    let state = (watch.boxed(), WatchBackoff::default(), None::<Duration>);
+    futures::stream::unfold(state, |(mut watch, mut backoff, delay)| async move {
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+        let item = watch.next().await?;
+        let delay = match &item {
+            Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                backoff.reset();
+                None
+            }
+            Err(_) => backoff.next(),
+            Ok(_) => {
+                backoff.reset();
+                None
+            }
+        };
+        Some((item, (watch, backoff, delay)))
+    })
+}
+
+fn decode_event<R: Object>(
+    event: watcher::Event<DynamicObject>,
+    cache: &Store<R>,
+    undecodable: &OnUndecodable,
+) -> Option<watcher::Event<R>> {
     use watcher::Event;
+    // The cached copy of an object that no longer decodes: deleting it from the cache stops
+    // reconciles of stale data and triggers nothing (the controller finds no object).
+    let stale = |key: ObjectRef<R>| cache.get(&key).map(|last| Event::Delete(R::clone(&last)));
     Some(match event {
-        Event::Apply(o) => Event::Apply(decode(o)?),
-        Event::InitApply(o) => Event::InitApply(decode(o)?),
-        Event::Delete(o) => Event::Delete(decode(o)?),
+        Event::Apply(o) => match decode(o, undecodable, true) {
+            Ok(typed) => Event::Apply(typed),
+            Err(key) => return stale(key),
+        },
+        // A relist replaces the cache, so an object left out of it is gone from it.
+        Event::InitApply(o) => Event::InitApply(decode(o, undecodable, true).ok()?),
+        Event::Delete(o) => match decode(o, undecodable, false) {
+            Ok(typed) => Event::Delete(typed),
+            Err(key) => return stale(key),
+        },
         Event::Init => Event::Init,
         Event::InitDone => Event::InitDone,
     })
@@ -114,24 +195,155 @@ pub(crate) fn decode_dynamic<R: DeserializeOwned>(
     serde_json::from_value(serde_json::Value::Object(fields))
 }
 
-fn decode<R: Object>(mut object: DynamicObject) -> Option<R> {
+/// Decodes `object`; when it does not decode, logs and counts it and (if `live`, i.e. not a
+/// deletion) emits the `Warning` event and releases the finalizer of a deleted one, and
+/// returns its cache key.
+fn decode<R: Object>(
+    mut object: DynamicObject,
+    undecodable: &OnUndecodable,
+    live: bool,
+) -> Result<R, ObjectRef<R>> {
     // Managed fields are large and never needed by a reconcile.
     object.metadata.managed_fields = None;
     let name = object.name_any();
     let namespace = object.metadata.namespace.clone();
+    let metadata = object.metadata.clone();
     match decode_dynamic::<R>(object) {
-        Ok(typed) => Some(typed),
+        Ok(typed) => Ok(typed),
         Err(error) => {
+            let mut key = ObjectRef::<R>::new(&name);
+            if let Some(namespace) = &namespace {
+                key = key.within(namespace);
+            }
+            let deleting = metadata.deletion_timestamp.is_some();
             tracing::error!(
                 kind = %R::kind(&()),
                 namespace = namespace.as_deref().unwrap_or(""),
                 name = %name,
                 error = %error,
-                "cannot decode object, skipping it until it changes"
+                deleting,
+                "cannot decode object into its Rust type: left out of the cache and not \
+                 reconciled until it changes (kubectl get -o yaml shows what it holds)"
             );
-            None
+            if let Some(metrics) = &undecodable.metrics {
+                metrics.undecodable();
+            }
+            if live {
+                tokio::spawn(handle_undecodable::<R>(
+                    metadata,
+                    error.to_string(),
+                    undecodable.clone(),
+                ));
+            }
+            Err(key)
         }
     }
+}
+
+/// The `Warning` event about an undecodable object, and the release of the operator's
+/// finalizer when the object is being deleted.
+async fn handle_undecodable<R: Object>(
+    metadata: kube::api::ObjectMeta,
+    error: String,
+    undecodable: OnUndecodable,
+) {
+    let deleting = metadata.deletion_timestamp.is_some();
+    let release = undecodable
+        .finalizer
+        .as_deref()
+        .filter(|f| deleting && metadata.finalizers.iter().flatten().any(|g| g == f));
+    let partial = metadata.clone().into_request_partial::<R>();
+    if let Some(events) = &undecodable.events {
+        let note = match release {
+            Some(finalizer) => format!(
+                "cannot decode into {}: {error}; deleted, so finalizer {finalizer} is removed \
+                 without cleanup",
+                R::kind(&())
+            ),
+            None => format!(
+                "cannot decode into {}: {error}; not reconciled until it is fixed",
+                R::kind(&())
+            ),
+        };
+        events
+            .emit(
+                &partial,
+                EventData::warning("Undecodable", "Decode").note(note),
+            )
+            .await;
+    }
+    if let (Some(finalizer), Some(client)) = (release, &undecodable.client) {
+        release_finalizer::<R>(client, metadata, finalizer).await;
+    }
+}
+
+/// Removes `finalizer` from the object (a merge patch guarded by its `resourceVersion`,
+/// re-read and retried on a conflict or failure).
+async fn release_finalizer<R: Object>(
+    client: &Client,
+    mut metadata: kube::api::ObjectMeta,
+    finalizer: &str,
+) {
+    let resource = ApiResource::erase::<R>(&());
+    let api: Api<DynamicObject> = match metadata.namespace.as_deref() {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    let name = metadata.name.clone().unwrap_or_default();
+    let mut wait = Duration::from_millis(200);
+    for attempt in 1..=RELEASE_ATTEMPTS {
+        let finalizers: Vec<&String> = metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .filter(|f| *f != finalizer)
+            .collect();
+        if finalizers.len() == metadata.finalizers.as_ref().map_or(0, Vec::len) {
+            return;
+        }
+        let patch = Patch::Merge(serde_json::json!({
+            "metadata": {
+                "finalizers": finalizers,
+                "resourceVersion": metadata.resource_version,
+            }
+        }));
+        let error = match api.patch(&name, &PatchParams::default(), &patch).await {
+            Ok(_) => {
+                tracing::warn!(
+                    kind = %R::kind(&()),
+                    namespace = metadata.namespace.as_deref().unwrap_or(""),
+                    name = %name,
+                    finalizer,
+                    "released the finalizer of an undecodable object being deleted (no cleanup ran)"
+                );
+                return;
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 => return,
+            // A standby: the leader releases it.
+            Err(error)
+                if super::request::request_error(&error).is_some_and(|e| {
+                    matches!(e, super::request::RequestError::NotLeader { .. })
+                }) =>
+            {
+                return;
+            }
+            Err(error) => error,
+        };
+        tracing::debug!(name = %name, attempt, %error, "releasing the finalizer failed; retrying");
+        tokio::time::sleep(wait).await;
+        wait *= 2;
+        match api.get(&name).await {
+            Ok(current) => metadata = current.metadata,
+            Err(kube::Error::Api(status)) if status.code == 404 => return,
+            Err(_) => {}
+        }
+    }
+    tracing::warn!(
+        kind = %R::kind(&()),
+        name = %name,
+        finalizer,
+        "cannot release the finalizer of an undecodable object being deleted; retrying at its next change"
+    );
 }
 
 #[cfg(test)]
@@ -168,11 +380,50 @@ mod tests {
         let delays: Vec<u128> = (0..6)
             .map(|_| backoff.next().unwrap().as_millis())
             .collect();
-        for (delay, base) in delays.iter().zip([100, 200, 400, 800, 1000, 1000]) {
+        for (delay, base) in delays.iter().zip([100, 200, 400, 500, 500, 500]) {
             assert!(*delay >= base && *delay <= base * 6 / 5, "{delays:?}");
         }
         backoff.reset();
         assert!(backoff.next().unwrap().as_millis() < 120);
+    }
+
+    /// After errors the delays grow; a `410 Gone` is retried at once and resets them.
+    #[tokio::test(start_paused = true)]
+    async fn a_gone_watch_is_retried_at_once() {
+        use futures::StreamExt;
+        use kube::runtime::watcher;
+        let gone = || {
+            let mut status = kube::core::Status::failure("too old resource version", "Expired");
+            status.code = 410;
+            watcher::Error::WatchError(Box::new(status))
+        };
+        let failed = || watcher::Error::NoResourceVersion;
+        let items: Vec<Result<u8, watcher::Error>> = vec![
+            Err(failed()),
+            Err(failed()),
+            Err(gone()),
+            Ok(1),
+            Err(failed()),
+            Ok(2),
+        ];
+        let start = tokio::time::Instant::now();
+        let mut stream = std::pin::pin!(super::with_watch_backoff(futures::stream::iter(items)));
+        let mut at = Vec::new();
+        while let Some(item) = stream.next().await {
+            at.push((item.is_ok(), start.elapsed().as_millis() / 100));
+        }
+        // 100 ms after the first error, 200 ms after the second, none after the 410.
+        assert_eq!(
+            at,
+            [
+                (false, 0),
+                (false, 1),
+                (false, 3),
+                (true, 3),
+                (false, 3),
+                (true, 4)
+            ]
+        );
     }
 
     #[test]
