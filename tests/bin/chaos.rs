@@ -225,11 +225,20 @@ async fn converged(client: &Client) -> Option<(usize, usize, usize)> {
 }
 
 /// Waits until exactly `expected` samples exist, all converged, with no orphan child; returns
-/// how long it took.
-async fn converge(client: &Client, expected: usize, what: &str) -> anyhow::Result<Duration> {
+/// how long it took. Fails at once, with the operator's result, when the operator stopped.
+async fn converge(
+    client: &Client,
+    operator: &mut Running,
+    expected: usize,
+    what: &str,
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let mut last_report = Instant::now();
     loop {
+        if operator.task.is_finished() {
+            let result = (&mut operator.task).await;
+            anyhow::bail!("{what}: the operator stopped before converging: {result:?}");
+        }
         let state = converged(client).await;
         if state == Some((expected, expected, expected)) {
             return Ok(started.elapsed());
@@ -272,13 +281,13 @@ async fn throttled() -> anyhow::Result<()> {
     let access = env
         .service_account(&rbac_rules_for::<Sample>(&options))
         .await?;
-    let operator = Running::start(client_without_retry(access.config.clone())?, 32)?;
+    let mut operator = Running::start(client_without_retry(access.config.clone())?, 32)?;
     let admin = env.client();
     let all = names("busy", 1000);
     let started = Instant::now();
     create_all(&admin, &all, 1, 32).await;
     let created = started.elapsed();
-    let after_last = converge(&admin, all.len(), "throttled").await?;
+    let after_last = converge(&admin, &mut operator, all.len(), "throttled").await?;
     let total = started.elapsed();
     let server = env.metrics_text().await?;
     println!(
@@ -299,17 +308,18 @@ async fn outage() -> anyhow::Result<()> {
     println!("== outage: 500 objects, the API server killed for 5 s");
     let mut env = TestEnv::builder().crd::<Sample>().start().await?;
     let client = env.client();
-    let operator = Running::start(client.clone(), 8)?;
+    let mut operator = Running::start(client.clone(), 8)?;
     let all = names("obj", 500);
     let started = Instant::now();
     create_all(&client, &all, 1, 16).await;
-    let baseline = converge(&client, 500, "before the outage").await?;
+    let baseline = converge(&client, &mut operator, 500, "before the outage").await?;
     let baseline = baseline.max(started.elapsed());
     // The no-fault time of the same work as after the outage: 450 updates and 50 deletes.
     let update_started = Instant::now();
     set_all(&client, &all[50..], 2, 16).await;
     delete_all(&client, &all[..50], 16).await;
-    let no_fault = update_started.elapsed() + converge(&client, 450, "no-fault updates").await?;
+    let no_fault = update_started.elapsed()
+        + converge(&client, &mut operator, 450, "no-fault updates").await?;
     env.stop_apiserver()?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     env.start_apiserver().await?;
@@ -330,7 +340,8 @@ async fn outage() -> anyhow::Result<()> {
     let live: Vec<String> = all[100..].to_vec();
     set_all(&client, &live, 3, 16).await;
     delete_all(&client, &all[50..100], 16).await;
-    let recovered = after.elapsed() + converge(&client, 451, "after the outage").await?;
+    let recovered =
+        after.elapsed() + converge(&client, &mut operator, 451, "after the outage").await?;
     println!(
         "outage: 500 objects created and converged in {baseline:.1?}; no fault: 450 updates + 50 \
          deletes converged in {no_fault:.1?}; API server killed 5 s: first reconcile \
@@ -361,7 +372,7 @@ async fn churn() -> anyhow::Result<()> {
     println!("== churn: 1,000 objects created, updated and deleted for {seconds} s");
     let env = TestEnv::builder().crd::<Sample>().start().await?;
     let client = env.client();
-    let operator = Running::start(client.clone(), 16)?;
+    let mut operator = Running::start(client.clone(), 16)?;
     let rss_start = rss_kib();
     let started = Instant::now();
     let mut round = 0;
@@ -373,7 +384,7 @@ async fn churn() -> anyhow::Result<()> {
         create_all(&client, &batch, 1, 32).await;
         set_all(&client, &batch, 2, 32).await;
         delete_all(&client, &batch, 32).await;
-        converge(&client, 0, "churn round").await?;
+        converge(&client, &mut operator, 0, "churn round").await?;
         samples_rss.push(rss_kib());
     }
     let rss_end = rss_kib();
