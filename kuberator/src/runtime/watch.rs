@@ -78,7 +78,7 @@ pub(crate) fn typed_watch<R: Object>(
 /// second of the server answering again (two connection attempts per watch per second at worst
 /// while it is down, which a recovering server survives). A `410 Gone` (`too old resource
 /// version`, what a restarted API server answers a resumed watch) is the server answering: the
-/// re-list follows at once, without a delay (see [`with_watch_backoff`]).
+/// re-list follows at once, without a delay (see `with_watch_backoff` in `runtime/watch.rs`).
 #[derive(Clone, Debug)]
 pub struct WatchBackoff {
     next: std::time::Duration,
