@@ -4,7 +4,7 @@ SHELL := /usr/bin/env bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test test-matrix check-k8s-versions control-plane lint doc unit bench chaos
+.PHONY: demo test test-matrix check-k8s-versions control-plane lint doc unit bench chaos image
 
 # The k8s-openapi version features of the supported Kubernetes minors (README: "Kubernetes versions").
 K8S_FEATURES := v1_33 v1_34 v1_35 v1_36 v1_37
@@ -63,3 +63,8 @@ bench: control-plane
 ## `make chaos ARGS=throttled` runs one; CHAOS_CHURN_SECS sets the soak's length.
 chaos: control-plane
 	$(CARGO) run -p kuberator-tests --bin chaos -- $(ARGS)
+
+## A container image of an operator binary without a Docker engine (an OCI archive for
+## `docker load`): `make image`, or `make image ARGS="-p my-crate my-operator"`.
+image:
+	scripts/image.sh $(ARGS)
