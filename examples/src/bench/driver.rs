@@ -1,4 +1,4 @@
-//! The benchmark driver: a `TestEnv`, the three implementations as child processes, the tables.
+//! The benchmark driver: a `TestEnv`, the four implementations as child processes, the tables.
 
 use std::{
     collections::HashMap,
@@ -35,26 +35,34 @@ use super::{
     proc::{self, Memory},
 };
 
-/// One of the three implementations.
+/// One of the four implementations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Impl {
     /// `#[kuberator::operator]`.
     Kuberator,
     /// A raw kube-rs `Controller`.
     Raw,
+    /// Go's controller-runtime (its own binary, see [`super::controller_runtime`]).
+    ControllerRuntime,
     /// A plain client doing the same writes, fed by the driver.
     Limit,
 }
 
 impl Impl {
-    /// All three, in table order.
-    pub const ALL: [Impl; 3] = [Impl::Kuberator, Impl::Raw, Impl::Limit];
+    /// All four, in table order.
+    pub const ALL: [Impl; 4] = [
+        Impl::Kuberator,
+        Impl::Raw,
+        Impl::ControllerRuntime,
+        Impl::Limit,
+    ];
 
     /// The name on the command line and in tables.
     pub fn name(self) -> &'static str {
         match self {
             Impl::Kuberator => "kuberator",
             Impl::Raw => "raw",
+            Impl::ControllerRuntime => "controller-runtime",
             Impl::Limit => "limit",
         }
     }
@@ -87,6 +95,8 @@ pub struct Options {
     pub storm_emits: usize,
     /// Sites (and as many backups) of the manager comparison (0: skipped).
     pub manager_objects: usize,
+    /// Objects of the reconciles-per-generation row with owned children (0: skipped).
+    pub generations_objects: usize,
     /// Objects of the sharding rows (0: skipped).
     pub shard_objects: usize,
     /// Replica counts of the sharding rows.
@@ -95,6 +105,12 @@ pub struct Options {
     pub shard_work_ms: u64,
     /// The `bench_operator` binary (default: next to this one, built with cargo first).
     pub operator_bin: Option<PathBuf>,
+    /// The controller-runtime binary (default: built and cached by its `build.sh`).
+    pub controller_runtime_bin: Option<PathBuf>,
+    /// Sizes of the scale runs (empty: none; `--scale`: 10,000, 50,000, 100,000).
+    pub scale_sizes: Vec<usize>,
+    /// Seconds after which the scale runs start no further size.
+    pub scale_budget_secs: u64,
 }
 
 impl Default for Options {
@@ -107,15 +123,33 @@ impl Default for Options {
             memory_objects: 10_000,
             storm_emits: 10_000,
             manager_objects: 500,
+            generations_objects: 500,
             shard_objects: 3000,
             shard_replicas: vec![1, 2, 4],
             shard_work_ms: 20,
             operator_bin: None,
+            controller_runtime_bin: None,
+            scale_sizes: Vec::new(),
+            scale_budget_secs: 1800,
         }
     }
 }
 
 impl Options {
+    /// `--scale`: only the scale runs, 10,000, 50,000 and 100,000 objects.
+    pub fn scale() -> Self {
+        Self {
+            counts: Vec::new(),
+            memory_objects: 0,
+            storm_emits: 0,
+            manager_objects: 0,
+            generations_objects: 0,
+            shard_objects: 0,
+            scale_sizes: vec![10_000, 50_000, 100_000],
+            ..Self::default()
+        }
+    }
+
     /// `--quick`: a smoke run in about a minute.
     pub fn quick() -> Self {
         Self {
@@ -123,6 +157,7 @@ impl Options {
             memory_objects: 1000,
             storm_emits: 2000,
             manager_objects: 100,
+            generations_objects: 100,
             shard_objects: 300,
             shard_replicas: vec![1, 2, 4],
             shard_work_ms: 20,
@@ -133,11 +168,13 @@ impl Options {
 
 /// The usage text.
 pub const USAGE: &str = "\
-usage: bench [--quick] [--n 200,1000,5000] [--impls kuberator,raw,limit] [--concurrency 8]
+usage: bench [--quick | --scale] [--n 200,1000,5000] [--impls kuberator,raw,controller-runtime,limit]
+             [--concurrency 8]
              [--rounds 1]
              [--memory-objects 10000] [--storm-emits 10000] [--manager-objects 500]
-             [--shard-objects 3000] [--shard-replicas 1,2,4] [--shard-work-ms 20]
-             [--operator-bin PATH]
+             [--generations-objects 500] [--shard-objects 3000] [--shard-replicas 1,2,4] [--shard-work-ms 20]
+             [--operator-bin PATH] [--controller-runtime-bin PATH]
+             [--scale-sizes 10000,50000,100000] [--scale-budget-secs 1800]
 
   --quick            N=200, 1000 objects for memory, 2000 storm emits, 100 manager sites
                      (a smoke run)
@@ -148,10 +185,18 @@ usage: bench [--quick] [--n 200,1000,5000] [--impls kuberator,raw,limit] [--conc
   --memory-objects M objects for the RSS comparison (0: skip)
   --storm-emits E    identical emits of the event storm (0: skip)
   --manager-objects S sites (and S backups) of the manager-vs-separate-operators row (0: skip)
+  --generations-objects G  objects of the reconciles-per-generation row with owned
+                     children, two generations each (0: skip; --quick: 100)
   --shard-objects N  objects of the sharding rows (0: skip; --quick: 300)
   --shard-replicas L replica counts of the sharding rows (default 1,2,4)
   --shard-work-ms W  simulated I/O per reconcile in the sharding rows (default 20)
-  --operator-bin P   the bench_operator binary (default: built with cargo, next to this one)";
+  --scale            only the scale runs (sizes below; not part of the default run)
+  --scale-sizes LIST pre-created objects of the scale runs (default with --scale:
+                     10000,50000,100000; 100,000 take minutes to create)
+  --scale-budget-secs B  start no further scale size after B seconds (default 1800)
+  --operator-bin P   the bench_operator binary (default: built with cargo, next to this one)
+  --controller-runtime-bin P  the Go baseline (default: built and cached by
+                     examples/bench/controller-runtime/build.sh with the machine's Go)";
 
 /// Parses the command line (without the program name).
 ///
@@ -160,6 +205,8 @@ usage: bench [--quick] [--n 200,1000,5000] [--impls kuberator,raw,limit] [--conc
 pub fn parse_args(args: &[String]) -> anyhow::Result<Options> {
     let mut options = if args.iter().any(|a| a == "--quick") {
         Options::quick()
+    } else if args.iter().any(|a| a == "--scale") {
+        Options::scale()
     } else {
         Options::default()
     };
@@ -169,7 +216,7 @@ pub fn parse_args(args: &[String]) -> anyhow::Result<Options> {
             Some((flag, value)) => (flag, Some(value.to_owned())),
             None => (arg.as_str(), None),
         };
-        if flag == "--quick" {
+        if flag == "--quick" || flag == "--scale" {
             continue;
         }
         if flag == "--help" || flag == "-h" {
@@ -205,6 +252,7 @@ pub fn parse_args(args: &[String]) -> anyhow::Result<Options> {
             "--memory-objects" => options.memory_objects = value.parse()?,
             "--storm-emits" => options.storm_emits = value.parse()?,
             "--manager-objects" => options.manager_objects = value.parse()?,
+            "--generations-objects" => options.generations_objects = value.parse()?,
             "--shard-objects" => options.shard_objects = value.parse()?,
             "--shard-replicas" => {
                 options.shard_replicas = value
@@ -214,7 +262,17 @@ pub fn parse_args(args: &[String]) -> anyhow::Result<Options> {
                     .collect::<Result<_, _>>()?;
             }
             "--shard-work-ms" => options.shard_work_ms = value.parse()?,
+            "--scale-sizes" => {
+                options.scale_sizes = value
+                    .split(',')
+                    .filter(|s| !s.trim().is_empty())
+                    .map(|s| s.trim().parse::<usize>())
+                    .collect::<Result<_, _>>()
+                    .with_context(|| format!("`--scale-sizes {value}`"))?;
+            }
+            "--scale-budget-secs" => options.scale_budget_secs = value.parse()?,
             "--operator-bin" => options.operator_bin = Some(value.into()),
+            "--controller-runtime-bin" => options.controller_runtime_bin = Some(value.into()),
             _ => bail!("unknown argument `{arg}`\n{USAGE}"),
         }
     }
@@ -227,6 +285,11 @@ pub fn parse_args(args: &[String]) -> anyhow::Result<Options> {
 /// The control plane does not start, a child fails, or a run times out.
 pub async fn run(options: Options) -> anyhow::Result<()> {
     let operator_bin = operator_binary(options.operator_bin.as_deref()).await?;
+    let controller_runtime_bin = if options.impls.contains(&Impl::ControllerRuntime) {
+        Some(super::controller_runtime::binary(options.controller_runtime_bin.as_deref()).await?)
+    } else {
+        None
+    };
     let started = Instant::now();
     let env = TestEnv::builder()
         .crd::<BenchObject>()
@@ -234,11 +297,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         .start()
         .await
         .context("starting the control plane (run `make control-plane` first?)")?;
-    let bench = Bench {
+    let mut bench = Bench {
         observer: Observer::start(env.client()),
         env,
         operator_bin,
+        controller_runtime_bin,
         concurrency: options.concurrency,
+        ready_timeout: Duration::from_secs(30),
     };
     print_header(&bench.env).await;
     println!(
@@ -274,6 +339,20 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         let memory = bench.memory(options.memory_objects).await?;
         println!("{}", memory_table(options.memory_objects, &memory));
     }
+    if options.generations_objects > 0 {
+        let mut results = Vec::new();
+        for implementation in options.impls.iter().filter(|i| i.watches()) {
+            results.push(
+                bench
+                    .generations(*implementation, options.generations_objects)
+                    .await?,
+            );
+        }
+        println!(
+            "{}",
+            super::children::generations_table(options.generations_objects, &results)
+        );
+    }
     if options.storm_emits > 0 {
         let storms = bench.storm(options.storm_emits).await?;
         println!("{}", storm_table(options.storm_emits, &storms));
@@ -305,6 +384,23 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             "{}",
             super::shards::shards_table(options.shard_objects, work, &results)
         );
+    }
+    if !options.scale_sizes.is_empty() {
+        bench.ready_timeout = Duration::from_secs(600);
+        let budget = Duration::from_secs(options.scale_budget_secs);
+        let mut results = Vec::new();
+        for &m in &options.scale_sizes {
+            if started.elapsed() > budget {
+                println!("scale: {m} objects skipped, the {budget:?} budget is spent\n");
+                continue;
+            }
+            for implementation in options.impls.iter().filter(|i| i.watches()) {
+                results.push(bench.scale_run(*implementation, m).await?);
+                // Print as we go: a long run shows what it has so far.
+                eprintln!("{}", super::scale::scale_table(&results));
+            }
+        }
+        println!("{}", super::scale::scale_table(&results));
     }
     if !summary.is_empty() {
         println!("{}", ratio_summary(&summary));
@@ -352,11 +448,14 @@ async fn operator_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-struct Bench {
-    observer: Observer,
-    env: TestEnv,
+pub(super) struct Bench {
+    pub(super) observer: Observer,
+    pub(super) env: TestEnv,
     operator_bin: PathBuf,
-    concurrency: u16,
+    controller_runtime_bin: Option<PathBuf>,
+    pub(super) concurrency: u16,
+    /// How long a started implementation may take to open its watch.
+    pub(super) ready_timeout: Duration,
 }
 
 /// One throughput run's numbers.
@@ -445,7 +544,7 @@ fn medians(impls: &[Impl], runs: Vec<RunResult>, rounds: usize) -> Vec<RunResult
 }
 
 /// A started `bench_operator` child.
-struct Operator {
+pub(super) struct Operator {
     child: Child,
     pid: u32,
     stdin: Option<ChildStdin>,
@@ -453,7 +552,12 @@ struct Operator {
 }
 
 impl Operator {
-    async fn stop(mut self) -> anyhow::Result<Option<u64>> {
+    /// The child's process id.
+    pub(super) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub(super) async fn stop(mut self) -> anyhow::Result<Option<u64>> {
         // The limit stops by itself once stdin closes and its last writes are done.
         if let Some(stdin) = self.stdin.take() {
             drop(stdin);
@@ -497,12 +601,12 @@ impl Bench {
         Ok(self.env.metrics_text().await?)
     }
 
-    async fn requests(&self) -> anyhow::Result<RequestCounts> {
+    pub(super) async fn requests(&self) -> anyhow::Result<RequestCounts> {
         Ok(RequestCounts::parse(&self.metrics().await?))
     }
 
     /// Open watches on the bench resource, as the API server counts them.
-    async fn open_watches(&self) -> anyhow::Result<f64> {
+    pub(super) async fn open_watches(&self) -> anyhow::Result<f64> {
         Ok(gauge(
             &self.metrics().await?,
             "apiserver_longrunning_requests",
@@ -511,13 +615,31 @@ impl Bench {
     }
 
     async fn spawn(&self, implementation: Impl) -> anyhow::Result<Operator> {
+        self.spawn_with(implementation, &[]).await
+    }
+
+    /// Starts `implementation` with `extra` arguments; returns once it watches.
+    pub(super) async fn spawn_with(
+        &self,
+        implementation: Impl,
+        extra: &[&str],
+    ) -> anyhow::Result<Operator> {
         let watches = self.open_watches().await?;
-        let mut child = Command::new(&self.operator_bin)
-            .arg(implementation.name())
+        let mut command = match (implementation, &self.controller_runtime_bin) {
+            (Impl::ControllerRuntime, Some(bin)) => Command::new(bin),
+            (Impl::ControllerRuntime, None) => bail!("the controller-runtime binary was not built"),
+            _ => {
+                let mut command = Command::new(&self.operator_bin);
+                command.arg(implementation.name());
+                command
+            }
+        };
+        let mut child = command
             .arg("--kubeconfig")
             .arg(self.env.kubeconfig_path())
             .arg("--concurrency")
             .arg(self.concurrency.to_string())
+            .args(extra)
             .stdin(if implementation.watches() {
                 Stdio::null()
             } else {
@@ -544,10 +666,14 @@ impl Bench {
         });
         if implementation.watches() {
             // Ready once its watch is open (the initial list is done then).
-            let deadline = Instant::now() + Duration::from_secs(30);
+            let deadline = Instant::now() + self.ready_timeout;
             while self.open_watches().await? <= watches {
                 if Instant::now() > deadline {
-                    bail!("{} opened no watch within 30 s", implementation.name());
+                    bail!(
+                        "{} opened no watch within {:?}",
+                        implementation.name(),
+                        self.ready_timeout
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -562,7 +688,7 @@ impl Bench {
 
     /// Creates `names` with the driver's concurrency; returns when each create was sent. With
     /// `stdin`, announces each created object on it (for the limit).
-    async fn create(
+    pub(super) async fn create(
         &self,
         names: &[String],
         stdin: Option<&mut ChildStdin>,
@@ -657,7 +783,7 @@ impl Bench {
     }
 
     /// Deletes every bench object (finalizers removed first) and every event, and waits.
-    async fn cleanup(&self) -> anyhow::Result<()> {
+    pub(super) async fn cleanup(&self) -> anyhow::Result<()> {
         let api: Api<BenchObject> = Api::namespaced(self.env.client(), NAMESPACE);
         let objects = api.list_metadata(&ListParams::default()).await?;
         let api = &api;
@@ -709,7 +835,10 @@ impl Bench {
     /// wait until it reconciled all, let it settle, read its memory.
     async fn memory(&self, m: usize) -> anyhow::Result<Vec<(Impl, Memory, Option<u64>)>> {
         let mut results = Vec::new();
-        for implementation in [Impl::Kuberator, Impl::Raw] {
+        let implementations = [Impl::Kuberator, Impl::Raw, Impl::ControllerRuntime]
+            .into_iter()
+            .filter(|i| *i != Impl::ControllerRuntime || self.controller_runtime_bin.is_some());
+        for implementation in implementations {
             let prefix = format!("mem-{}-", implementation.name());
             let names: Vec<String> = (0..m).map(|i| format!("{prefix}{i}")).collect();
             let mut observed = self.observer.track(&prefix);
@@ -840,12 +969,14 @@ pub struct StormResult {
 }
 
 /// Records when the driver's own watch first sees each tracked object with its status observed.
-struct Observer {
+pub(super) struct Observer {
     state: Arc<Mutex<Tracking>>,
 }
 
 struct Tracking {
     prefix: String,
+    /// Objects count once their observed generation is at least this one.
+    min_generation: i64,
     seen: HashMap<String, Instant>,
     count: watch::Sender<usize>,
 }
@@ -855,6 +986,7 @@ impl Observer {
         let (count, _) = watch::channel(0);
         let state = Arc::new(Mutex::new(Tracking {
             prefix: "\0".into(),
+            min_generation: 0,
             seen: HashMap::new(),
             count,
         }));
@@ -874,7 +1006,10 @@ impl Observer {
                 }
                 let mut tracking = lock(&tracking);
                 let name = object.name_any();
-                if name.starts_with(&tracking.prefix) && !tracking.seen.contains_key(&name) {
+                if name.starts_with(&tracking.prefix)
+                    && object.metadata.generation.unwrap_or_default() >= tracking.min_generation
+                    && !tracking.seen.contains_key(&name)
+                {
                     tracking.seen.insert(name, now);
                     let seen = tracking.seen.len();
                     tracking.count.send_replace(seen);
@@ -886,15 +1021,25 @@ impl Observer {
 
     /// Starts tracking objects named `prefix…`; the receiver counts the ones seen.
     fn track(&self, prefix: &str) -> watch::Receiver<usize> {
+        self.track_generation(prefix, 0)
+    }
+
+    /// Like `track`, counting an object only once it is observed at `min_generation` or later.
+    pub(super) fn track_generation(
+        &self,
+        prefix: &str,
+        min_generation: i64,
+    ) -> watch::Receiver<usize> {
         let mut tracking = lock(&self.state);
         tracking.prefix = prefix.to_owned();
+        tracking.min_generation = min_generation;
         tracking.seen.clear();
         tracking.count.send_replace(0);
         tracking.count.subscribe()
     }
 
     /// Stops tracking; returns when each object was seen.
-    fn take(&self) -> HashMap<String, Instant> {
+    pub(super) fn take(&self) -> HashMap<String, Instant> {
         let mut tracking = lock(&self.state);
         tracking.prefix = "\0".into();
         std::mem::take(&mut tracking.seen)
@@ -985,10 +1130,16 @@ pub(crate) fn markdown(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// The table of one N: a column per implementation and the ratios kuberator/raw, kuberator/limit.
+/// The table of one N: a column per implementation and the ratios kuberator/raw,
+/// kuberator/controller-runtime and kuberator/limit.
 pub fn throughput_table(n: usize, results: &[RunResult]) -> String {
     let find = |i: Impl| results.iter().find(|r| r.implementation == i);
-    let (k, raw, limit) = (find(Impl::Kuberator), find(Impl::Raw), find(Impl::Limit));
+    let (k, raw, go, limit) = (
+        find(Impl::Kuberator),
+        find(Impl::Raw),
+        find(Impl::ControllerRuntime),
+        find(Impl::Limit),
+    );
     type Metric = (&'static str, fn(&RunResult) -> f64, fn(f64) -> String);
     let metrics: [Metric; 11] = [
         (
@@ -1058,8 +1209,10 @@ pub fn throughput_table(n: usize, results: &[RunResult]) -> String {
                 (*name).to_owned(),
                 cell(k, *f, *show),
                 cell(raw, *f, *show),
+                cell(go, *f, *show),
                 cell(limit, *f, *show),
                 ratio_to(raw),
+                ratio_to(go),
                 ratio_to(limit),
             ]
         })
@@ -1070,8 +1223,10 @@ pub fn throughput_table(n: usize, results: &[RunResult]) -> String {
             "",
             "kuberator",
             "raw kube-rs",
+            "controller-runtime",
             "limit",
             "kuberator/raw",
+            "kuberator/controller-runtime",
             "kuberator/limit",
         ],
         &rows,
@@ -1106,12 +1261,19 @@ pub fn memory_table(m: usize, results: &[(Impl, Memory, Option<u64>)]) -> String
         &["", "VmRSS (MiB)", "VmHWM (MiB)", "reconcile calls"],
         &rows,
     );
-    if let [(_, k, _), (_, raw, _)] = results {
-        let _ = writeln!(
-            out,
-            "\nkuberator/raw RSS: {}",
-            ratio(k.rss_kib as f64, raw.rss_kib as f64)
-        );
+    let rss = |i: Impl| {
+        results
+            .iter()
+            .find(|(r, ..)| *r == i)
+            .map(|(_, mem, _)| mem.rss_kib as f64)
+    };
+    if let Some(k) = rss(Impl::Kuberator) {
+        out += "\n";
+        for other in [Impl::Raw, Impl::ControllerRuntime] {
+            if let Some(b) = rss(other) {
+                let _ = writeln!(out, "kuberator/{} RSS: {}", other.name(), ratio(k, b));
+            }
+        }
     }
     out
 }
@@ -1160,19 +1322,58 @@ pub fn ratio_summary(summary: &[(usize, Vec<RunResult>)]) -> String {
         rows.push(vec![
             n.to_string(),
             pair(Impl::Raw),
+            pair(Impl::ControllerRuntime),
             pair(Impl::Limit),
             calls,
         ]);
     }
-    let mut out = "## Throughput ratios (goals: kuberator/raw ≥ 0.95, kuberator/limit ≥ 0.8 at N = 1000, 5000; reconcile calls = N)\n\n".to_owned();
+    let mut out = "## Throughput ratios (goals: kuberator/raw ≥ 0.95, kuberator/controller-runtime ≥ 1.5, kuberator/limit ≥ 0.8 at N = 1000, 5000; reconcile calls = N)\n\n".to_owned();
     out += &markdown(
         &[
             "N",
             "kuberator/raw",
+            "kuberator/controller-runtime",
             "kuberator/limit",
             "kuberator reconcile calls",
         ],
         &rows,
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Vec<String> {
+        line.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn controller_runtime_is_an_implementation() {
+        let options = parse_args(&args("--impls kuberator,controller-runtime")).unwrap();
+        assert_eq!(options.impls, [Impl::Kuberator, Impl::ControllerRuntime]);
+        assert_eq!(Impl::ControllerRuntime.name(), "controller-runtime");
+        assert!(Impl::ControllerRuntime.watches());
+        assert_eq!(parse_args(&[]).unwrap().impls, Impl::ALL);
+    }
+
+    #[test]
+    fn scale_runs_only_the_scale_sizes() {
+        let options = parse_args(&args("--scale")).unwrap();
+        assert_eq!(options.scale_sizes, [10_000, 50_000, 100_000]);
+        assert!(options.counts.is_empty());
+        assert_eq!(
+            (
+                options.memory_objects,
+                options.generations_objects,
+                options.storm_emits
+            ),
+            (0, 0, 0)
+        );
+        let options = parse_args(&args("--scale --scale-sizes 1000,10000")).unwrap();
+        assert_eq!(options.scale_sizes, [1000, 10_000]);
+        assert!(parse_args(&args("--scale-sizes ten")).is_err());
+        assert!(parse_args(&[]).unwrap().scale_sizes.is_empty());
+    }
 }

@@ -13,6 +13,8 @@
 //! `Manager` against the same two as separate operators; [`shards`] the sharding rows: 1, 2 and 4
 //! replicas of a sharded operator over one kind's objects.
 
+pub mod children;
+pub mod controller_runtime;
 pub mod driver;
 pub mod kuberator_impl;
 pub mod limit;
@@ -20,6 +22,7 @@ pub mod manager;
 pub mod metrics;
 pub mod proc;
 pub mod raw;
+pub mod scale;
 pub mod shards;
 
 use kuberator::prelude::*;

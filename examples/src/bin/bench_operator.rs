@@ -1,11 +1,12 @@
 //! One benchmark implementation as its own process, so that its memory is its own:
-//! `bench_operator kuberator|raw|limit|manager|separate --kubeconfig PATH [--concurrency C]`.
+//! `bench_operator kuberator|raw|limit|manager|separate --kubeconfig PATH [--concurrency C]
+//! [--children true]` (`--children`: kuberator and raw with one owned `ConfigMap` per object).
 //! Runs until SIGTERM (the limit also stops when stdin closes), then prints `reconciles=<count>`
 //! (not for `manager` and `separate`, the two layouts of the manager row).
 
 use anyhow::{anyhow, bail};
 use kuberator_examples::bench::{
-    DEFAULT_CONCURRENCY, RECONCILES_LINE, client_from_kubeconfig, kuberator_impl, limit,
+    DEFAULT_CONCURRENCY, RECONCILES_LINE, children, client_from_kubeconfig, kuberator_impl, limit,
     manager::{self, Layout},
     raw,
 };
@@ -26,6 +27,7 @@ async fn main() -> anyhow::Result<()> {
     let mut concurrency = DEFAULT_CONCURRENCY;
     let mut identity = None;
     let mut work_ms = 20_u64;
+    let mut children = false;
     while let Some(arg) = args.next() {
         let value = args
             .next()
@@ -35,12 +37,15 @@ async fn main() -> anyhow::Result<()> {
             "--concurrency" => concurrency = value.parse()?,
             "--identity" => identity = Some(value),
             "--work-ms" => work_ms = value.parse()?,
+            "--children" => children = value.parse()?,
             _ => bail!("unknown argument `{arg}`"),
         }
     }
     let kubeconfig = kubeconfig.ok_or_else(|| anyhow!("--kubeconfig is required"))?;
     let client = client_from_kubeconfig(&kubeconfig).await?;
     let reconciles = match implementation.as_str() {
+        "kuberator" if children => children::run_kuberator(client, concurrency).await?,
+        "raw" if children => children::run_raw(client, concurrency).await?,
         "kuberator" => kuberator_impl::run(client, concurrency).await?,
         "raw" => raw::run(client, concurrency).await?,
         "limit" => limit::run(client, concurrency).await?,
