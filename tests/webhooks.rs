@@ -572,38 +572,82 @@ async fn brought_certificates_are_reloaded_when_their_files_change() {
         .unwrap();
 }
 
-/// The operator bound to exactly its generated RBAC plus `WebhookServer::rbac` (the Secret and
-/// the configurations by name) creates its certificate and configurations and serves
-/// admission.
+/// The webhooks of a `#[kuberator::operator]` block: `validate` and `default` are its methods,
+/// `webhooks = …` names the in-cluster Service (replaced here by the local server).
+pub struct MacroDatabases {
+    default_replicas: i32,
+}
+
+#[kuberator::operator(
+    resource = Database,
+    name = "databases-operator",
+    webhooks = "databases-webhooks"
+)]
+impl MacroDatabases {
+    async fn apply(&self, _db: Arc<Database>) -> kuberator::Result<Action> {
+        Ok(Action::await_change())
+    }
+
+    async fn validate(&self, new: &Database, old: Option<&Database>) -> Result<(), Denied> {
+        validate(new, old)
+    }
+
+    async fn default(&self, db: &mut Database) {
+        db.spec.replicas.get_or_insert(self.default_replicas);
+    }
+}
+
+/// A `#[kuberator::operator]` with `validate` and `default`, bound to exactly its generated
+/// RBAC plus `WebhookServer::rbac` (the Secret and the configurations by name): it creates its
+/// certificate and configurations, `kubectl apply` of a bad object is refused with the
+/// handler's message, a good one is stored with the method's default.
 #[tokio::test]
-async fn the_webhook_server_runs_with_exactly_its_generated_rbac() {
-    use kuberator::manifests::{RbacOptions, rbac_rules_for};
+async fn the_macro_operator_serves_its_methods_with_exactly_its_generated_rbac() {
+    use kuberator::{IntoOperator, manifests::rbac_rules_for};
     let env = env().await;
     let server = WebhookServer::local().configuration_name("databases");
-    let options = RbacOptions::new("databases-operator")
+    let options = MacroDatabases::rbac_options()
         .status(false)
-        .finalizer(false)
-        .events(false)
         .service_account("default", "databases-operator");
     let mut rbac = rbac_rules_for::<Database>(&options);
     rbac.merge(server.rbac("databases-operator"));
     let access = env.service_account(&rbac).await.unwrap();
     let client = access.client().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    let manager = Manager::new(client.clone())
-        .add(Operator::with_reconciler(client.clone(), Noop).webhook(database_webhook()))
-        .webhook_server(server)
-        .shutdown_on(async move {
-            let _ = stopped.await;
-        });
-    let running = tokio::spawn(manager.run());
+    let operator = MacroDatabases {
+        default_replicas: 2,
+    }
+    .operator(client.clone())
+    .unwrap()
+    .webhook_server(server)
+    .check_permissions(rbac)
+    .shutdown_on(async move {
+        let _ = stopped.await;
+    });
+    let running = tokio::spawn(operator.run());
     let databases: Api<Database> = Api::namespaced(env.client(), "default");
     until_enforced(&databases).await;
-    let stored = databases
-        .create(&PostParams::default(), &database("bound", "postgres", "eu"))
+
+    let refused = kubectl_apply(&env, &database("bound", "oracle", "eu"))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.contains(
+            "denied the request: spec.engine: must be one of postgres, mysql, not `oracle`"
+        ),
+        "{refused}"
+    );
+    kubectl_apply(&env, &database("bound", "postgres", "eu"))
         .await
         .unwrap();
-    assert_eq!(stored.spec.replicas, Some(3));
+    assert_eq!(databases.get("bound").await.unwrap().spec.replicas, Some(2));
+    let refused = kubectl_apply(&env, &database("bound", "postgres", "us"))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.contains(r#"spec.region: is immutable (was "eu", now "us")"#),
+        "{refused}"
+    );
     stop.send(()).unwrap();
     tokio::time::timeout(WAIT, running)
         .await

@@ -51,6 +51,7 @@
 //!     events = "website-operator",                 // default: no event recorder
 //!     leader_election = "website-operator",        // default: every replica reconciles
 //!     health = "0.0.0.0:8080",                     // default: no /metrics, /healthz, /readyz
+//!     webhooks = "website-webhooks",               // default: none (required by `validate` / `default`)
 //!     crate = kuberator,                           // default: `::kuberator` (for a renamed dependency)
 //! )]
 //! impl Websites {
@@ -63,6 +64,18 @@
 //!
 //!     async fn cleanup(&self, site: Arc<Website>) -> Result<Action> {
 //!         Ok(Action::await_change())
+//!     }
+//!
+//!     // Admission webhooks, served by the operator (`webhooks = …`):
+//!     async fn validate(&self, new: &Website, old: Option<&Website>) -> Result<(), Denied> {
+//!         match new.spec.image.is_empty() {
+//!             true => Err(Denied::new("must not be empty").field("spec.image")),
+//!             false => Ok(()),
+//!         }
+//!     }
+//!
+//!     async fn default(&self, site: &mut Website) {
+//!         site.labels_mut().entry("team".into()).or_insert_with(|| "web".into());
 //!     }
 //! }
 //!
@@ -229,6 +242,7 @@ pub fn derive_as_status_error(input: TokenStream) -> TokenStream {
 /// | `events = "website-operator"` | no recorder | gives `Ctx` an event recorder reporting as this component (`reportingController`, a qualified name); without it `ctx.emit` does nothing |
 /// | `leader_election = "website-operator"` | off | reconcile only while holding this Lease (in the operator's namespace: `POD_NAMESPACE`, the service account's, or the client's default); standbys keep warm caches |
 /// | `health = "0.0.0.0:8080"` | off | serve `/metrics` (controller-runtime's metric names), `/healthz` and `/readyz` on this address |
+/// | `webhooks = "website-webhooks"` (or `"namespace/service"`) | none; required with `validate` / `default` | the admission webhooks' server: `kuberator::webhook::WebhookServer::in_operator_namespace(client, "website-webhooks")` (or `in_cluster("namespace", "service")`), HTTPS on `0.0.0.0:9443` behind that Service (port 443), a certificate it creates and rotates in the Secret `<service>-tls`, webhook configurations named after the Service with the CA as their `caBundle`. Replace it with `.webhook_server(WebhookServer::local())` on `operator(client)` next to a local API server such as `TestEnv` |
 /// | `crate = kr` | `::kuberator` | the runtime crate's path, for `kr = { package = "kuberator" }` |
 ///
 /// # Methods
@@ -243,6 +257,15 @@ pub fn derive_as_status_error(input: TokenStream) -> TokenStream {
 /// - `R` is the resource (`Arc` and `Ctx` are matched by their last path segment). The error type
 ///   may be any `E: Into<kuberator::Error>`, e.g. `Result<Action, WebsiteError>` with
 ///   `#[derive(AsStatusError)]`.
+/// - `async fn validate(&self, new: &R, old: Option<&R>) -> Result<(), Denied>`: a validating
+///   admission webhook for creates (`old` is `None`) and updates; `Err(Denied::new("…"))`
+///   refuses the request and `kubectl` shows the message (`Denied` is in the prelude).
+/// - `async fn validate_delete(&self, old: &R) -> Result<(), Denied>`: also validates deletes.
+/// - `async fn default(&self, obj: &mut R)`: a mutating admission webhook for creates and
+///   updates; change the object in place, the framework sends the JSON patch.
+/// - Any of these three turns the webhooks on and needs `webhooks = …`; they run as
+///   `kuberator::webhook::{Validator, Defaulter}` with `failurePolicy: Fail` (a handler that
+///   panics or runs past 5 s denies that one request). See `kuberator::webhook`.
 /// - Other methods in the block are left alone: helpers are fine.
 ///
 /// # Generated
@@ -280,7 +303,12 @@ pub fn derive_as_status_error(input: TokenStream) -> TokenStream {
 /// or events component; a missing `apply`, or `cleanup` missing with / present without a
 /// finalizer; a handler that is not `async`, takes `&mut self` or `self`, takes the wrong object
 /// type, a context that is not `&Ctx<R>`, extra arguments, returns something other than
-/// `Result<Action>` or an error without `Into<kuberator::Error>`; and a trait or generic impl.
+/// `Result<Action>` or an error without `Into<kuberator::Error>`; a `validate` / `default` that
+/// is not `async`, takes `&mut self`, the object in another form than `&R` / `Option<&R>` /
+/// `&mut R` or of another type, misses `old`, takes more, returns something other than
+/// `Result<(), Denied>` (`validate`) or anything at all (`default`); webhook methods without
+/// `webhooks = …`, or `webhooks = …` without them or with an invalid Service name; and a trait
+/// or generic impl.
 #[proc_macro_attribute]
 pub fn operator(attr: TokenStream, item: TokenStream) -> TokenStream {
     operator::expand(attr.into(), item.into()).into()

@@ -55,6 +55,7 @@ pub mod prelude {
         StatusError, WithStatusError,
         events::{EmitEvent, EventData, EventRecorder, EventType, Reason},
         operator,
+        webhook::Denied,
     };
 }
 

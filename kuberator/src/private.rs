@@ -31,6 +31,21 @@ pub fn decode_dynamic<R: serde::de::DeserializeOwned>(
     crate::runtime::decode_dynamic(object)
 }
 
+/// Adds the RBAC of the operator's webhook server (its certificate Secret and webhook
+/// configurations, by name) to `rbac`, for the permission check of a generated operator.
+pub fn merge_webhook_rbac<R>(
+    operator: &crate::Operator<R>,
+    rbac: &mut crate::manifests::Rbac,
+    name: impl AsRef<str>,
+) where
+    R: Object,
+    R::Scope: crate::cache::ApiScope,
+{
+    if let Some(server) = operator.webhook_server_ref() {
+        rbac.merge(server.rbac(name.as_ref()));
+    }
+}
+
 type BoxFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 /// Picks, for a concrete resource type, whether errors can be recorded in its status

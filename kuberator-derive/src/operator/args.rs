@@ -14,7 +14,7 @@ use crate::paths::crate_path;
 use crate::util::{error_at, error_at_span, source, unknown};
 
 /// Every key, in the order the docs list them.
-pub(crate) const KEYS: [&str; 15] = [
+pub(crate) const KEYS: [&str; 16] = [
     "resource",
     "name",
     "field_manager",
@@ -29,6 +29,7 @@ pub(crate) const KEYS: [&str; 15] = [
     "events",
     "leader_election",
     "health",
+    "webhooks",
     "crate",
 ];
 
@@ -57,6 +58,7 @@ pub(crate) struct OperatorArgs {
     pub(crate) events: Option<Keyed<LitStr>>,
     pub(crate) leader_election: Option<Keyed<LitStr>>,
     pub(crate) health: Option<Keyed<LitStr>>,
+    pub(crate) webhooks: Option<Keyed<LitStr>>,
     pub(crate) krate: Option<Keyed<Path>>,
 }
 
@@ -269,6 +271,10 @@ impl OperatorArgs {
                     let value = name_value(meta).and_then(|v| string(v, "health"));
                     set(errors, &mut args.health, path, value);
                 }
+                "webhooks" => {
+                    let value = name_value(meta).and_then(|v| string(v, "webhooks"));
+                    set(errors, &mut args.webhooks, path, value);
+                }
                 other => {
                     errors.push(error_at(path, unknown("key", other, &KEYS, &keys())));
                     continue;
@@ -365,6 +371,7 @@ pub(crate) fn example(key: &str) -> Option<&'static str> {
         "events" => "events = \"website-operator\"",
         "leader_election" => "leader_election = \"website-operator\"",
         "health" => "health = \"0.0.0.0:8080\"",
+        "webhooks" => "webhooks = \"website-webhooks\"",
         _ => return None,
     })
 }

@@ -41,7 +41,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
     let mut tokens = TokenStream::new();
     match errors.finish_with(operator) {
         Ok(Some(operator)) => {
-            // `apply` and `cleanup` move into a trait only the generated code can name, so a
+            // The handlers move into a trait only the generated code can name, so a
             // second operator block on the same type is one error (two `IntoOperator` impls),
             // not also duplicate and ambiguous methods.
             let (rest, handlers) = split_handlers(quiet_handlers(&item_impl));
@@ -64,13 +64,20 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
     tokens
 }
 
-/// The user's block as written, with `clippy::unused_async` allowed on `apply` and `cleanup`:
-/// they must be `async` (the operator awaits them) even when they do not await anything.
+/// The methods the generated operator calls: the reconcile handlers and the admission webhooks.
+const HANDLERS: [&str; 5] = ["apply", "cleanup", "validate", "validate_delete", "default"];
+
+fn is_handler(function: &syn::ImplItemFn) -> bool {
+    HANDLERS.iter().any(|name| function.sig.ident == name)
+}
+
+/// The user's block as written, with `clippy::unused_async` allowed on the handlers: they must
+/// be `async` (the operator awaits them) even when they do not await anything.
 fn quiet_handlers(item: &ItemImpl) -> ItemImpl {
     let mut item = item.clone();
     for member in &mut item.items {
         if let ImplItem::Fn(function) = member
-            && (function.sig.ident == "apply" || function.sig.ident == "cleanup")
+            && is_handler(function)
         {
             function
                 .attrs
@@ -80,13 +87,11 @@ fn quiet_handlers(item: &ItemImpl) -> ItemImpl {
     item
 }
 
-/// The block without `apply` and `cleanup`, and those two.
+/// The block without the handlers ([`HANDLERS`]), and those.
 fn split_handlers(mut item: ItemImpl) -> (ItemImpl, Vec<syn::ImplItemFn>) {
     let mut handlers = Vec::new();
     item.items.retain(|member| match member {
-        ImplItem::Fn(function)
-            if function.sig.ident == "apply" || function.sig.ident == "cleanup" =>
-        {
+        ImplItem::Fn(function) if is_handler(function) => {
             let mut function = function.clone();
             // A trait impl's methods have no visibility of their own.
             function.vis = syn::Visibility::Inherited;
@@ -150,6 +155,44 @@ mod tests {
             }
         };
         assert_golden("operator", &expand(attr, item));
+    }
+
+    #[test]
+    fn golden_webhooks() {
+        let attr = quote! {
+            resource = Website,
+            webhooks = "website-webhooks",
+        };
+        let item = quote! {
+            impl Websites {
+                async fn apply(&self, site: Arc<Website>) -> Result<Action> {
+                    Ok(Action::await_change())
+                }
+                async fn validate(&self, new: &Website, old: Option<&Website>) -> Result<(), Denied> {
+                    Ok(())
+                }
+                async fn default(&self, obj: &mut Website) {}
+            }
+        };
+        assert_golden("operator_webhooks", &expand(attr, item));
+    }
+
+    #[test]
+    fn webhook_signature_errors_come_all_at_once() {
+        let out = expand(
+            quote!(resource = Website),
+            quote! {
+                impl Websites {
+                    async fn apply(&self, site: Arc<Website>) -> Result<Action> { todo!() }
+                    fn validate(&mut self, new: Website) {}
+                    async fn default(&self, obj: &Website) -> Website { todo!() }
+                }
+            },
+        )
+        .to_string();
+        // validate: not async, `&mut self`, `new` by value, no `old`, no return type;
+        // default: `&Website`, a return type; no `webhooks = …`.
+        assert_eq!(out.matches("compile_error").count(), 8, "{out}");
     }
 
     #[test]

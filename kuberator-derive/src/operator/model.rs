@@ -41,6 +41,14 @@ pub(crate) struct Operator {
     pub(crate) leader_election: Option<LeaseName>,
     /// The address of `/metrics`, `/healthz` and `/readyz`.
     pub(crate) health: Option<HealthAddr>,
+    /// The Service of the admission webhooks (`webhooks = …`), with the webhook methods.
+    pub(crate) webhooks: Option<WebhookService>,
+    /// `async fn validate(&self, new: &R, old: Option<&R>) -> Result<(), Denied>`.
+    pub(crate) validate: Option<WebhookFn>,
+    /// `async fn validate_delete(&self, old: &R) -> Result<(), Denied>`.
+    pub(crate) validate_delete: Option<WebhookFn>,
+    /// `async fn default(&self, obj: &mut R)`.
+    pub(crate) default: Option<WebhookFn>,
     pub(crate) apply: HandlerFn,
     /// Present exactly when a finalizer is.
     pub(crate) cleanup: Option<HandlerFn>,
@@ -55,6 +63,7 @@ impl Operator {
         errors: &mut darling::error::Accumulator,
     ) -> Option<Self> {
         let finalizer_given = args.was_given("finalizer");
+        let webhooks_given = args.was_given("webhooks");
         let handler = errors.handle(handler_ident(item));
         let root = Root::new(args.krate.as_ref().map(|keyed| keyed.value.clone()));
         let resource = match args.resource {
@@ -262,6 +271,41 @@ impl Operator {
             (None, _) => None,
         };
 
+        // The admission webhooks: their signatures, and the server they need.
+        let mut webhook_methods = Vec::new();
+        let mut webhook_fn = |kind: WebhookKind| {
+            let function = find(kind.name())?;
+            webhook_methods.push(function);
+            errors.handle(WebhookFn::new(function, kind, &expected))
+        };
+        let validate = webhook_fn(WebhookKind::Validate);
+        let validate_delete = webhook_fn(WebhookKind::ValidateDelete);
+        let default = webhook_fn(WebhookKind::Default);
+        let webhooks = args
+            .webhooks
+            .and_then(|keyed| match webhook_methods.is_empty() {
+                true => {
+                    errors.push(error_at(
+                        &keyed.key,
+                        "`webhooks = …` serves the admission webhooks of this block, but it has                          none: add `async fn validate(&self, new: &R, old: Option<&R>) ->                          Result<(), Denied>` or `async fn default(&self, obj: &mut R)`, or remove                          the key",
+                    ));
+                    None
+                }
+                false => errors.handle(WebhookService::new(&keyed.value)),
+            });
+        if !webhooks_given && let Some(first) = webhook_methods.first() {
+            errors.push(error_at(
+                &first.sig.ident,
+                format!(
+                    "`{}` is an admission webhook and needs the webhook server: add `webhooks = \
+                     \"{}-webhooks\"` to `#[kuberator::operator(...)]` (the Service in the \
+                     operator's namespace that the API server calls)",
+                    first.sig.ident,
+                    expected.resource().to_lowercase()
+                ),
+            ));
+        }
+
         // `ctx.emit(...)` without `events = …` would do nothing: say so where it is called.
         if events.is_none() && !args_events_given(&args.given) {
             for function in [apply.as_ref(), cleanup.as_ref()].into_iter().flatten() {
@@ -300,6 +344,10 @@ impl Operator {
                     events,
                     leader_election,
                     health,
+                    webhooks,
+                    validate,
+                    validate_delete,
+                    default,
                     apply,
                     cleanup,
                 })
@@ -548,6 +596,251 @@ impl HandlerFn {
             }),
             _ => Err(Error::custom("invalid handler").with_span(&sig.ident)),
         }
+    }
+}
+
+/// The admission methods the block may have.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WebhookKind {
+    Validate,
+    ValidateDelete,
+    Default,
+}
+
+/// How an admission method takes the object.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Borrow {
+    /// `&R`
+    Shared,
+    /// `Option<&R>`
+    Optional,
+    /// `&mut R`
+    Mutable,
+}
+
+impl WebhookKind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            WebhookKind::Validate => "validate",
+            WebhookKind::ValidateDelete => "validate_delete",
+            WebhookKind::Default => "default",
+        }
+    }
+
+    /// The arguments after `&self`: (name, how it is taken, what it is).
+    fn arguments(self) -> &'static [(&'static str, Borrow, &'static str)] {
+        match self {
+            WebhookKind::Validate => &[
+                ("new", Borrow::Shared, "the object to admit"),
+                (
+                    "old",
+                    Borrow::Optional,
+                    "the stored object, `None` on create",
+                ),
+            ],
+            WebhookKind::ValidateDelete => &[("old", Borrow::Shared, "the object to delete")],
+            WebhookKind::Default => &[("obj", Borrow::Mutable, "the object to default")],
+        }
+    }
+
+    /// `async fn validate(&self, new: &Website, old: Option<&Website>) -> Result<(), Denied>`.
+    fn shape(self, resource: &str) -> String {
+        let arguments: Vec<String> = self
+            .arguments()
+            .iter()
+            .map(|(name, borrow, _)| format!("{name}: {}", borrow.write(resource)))
+            .collect();
+        let output = match self {
+            WebhookKind::Default => "",
+            _ => " -> Result<(), Denied>",
+        };
+        format!(
+            "`async fn {}(&self, {}){output}`",
+            self.name(),
+            arguments.join(", ")
+        )
+    }
+}
+
+impl Borrow {
+    fn write(self, resource: &str) -> String {
+        match self {
+            Borrow::Shared => format!("&{resource}"),
+            Borrow::Optional => format!("Option<&{resource}>"),
+            Borrow::Mutable => format!("&mut {resource}"),
+        }
+    }
+}
+
+/// A validated admission method: `validate`, `validate_delete` or `default`.
+pub(crate) struct WebhookFn {
+    pub(crate) ident: Ident,
+}
+
+impl WebhookFn {
+    fn new(function: &ImplItemFn, kind: WebhookKind, expected: &Expected) -> darling::Result<Self> {
+        let mut errors = Error::accumulator();
+        let sig = &function.sig;
+        let name = kind.name();
+        let resource = expected.resource();
+        let shape = kind.shape(&resource);
+
+        if sig.asyncness.is_none() {
+            errors.push(error_at(
+                &sig.fn_token,
+                format!("`{name}` must be an `async fn`: write {shape}"),
+            ));
+        }
+        if !sig.generics.params.is_empty() {
+            errors.push(error_at(
+                &sig.generics,
+                format!("`{name}` cannot be generic: write {shape}"),
+            ));
+        }
+        let mut inputs = sig.inputs.iter();
+        match inputs.next() {
+            Some(FnArg::Receiver(receiver)) => match &receiver.kind {
+                ReceiverKind::Reference(_, _, None) => {}
+                ReceiverKind::Reference(_, _, Some(mutability)) => errors.push(error_at(
+                    mutability,
+                    format!(
+                        "`{name}` must take `&self`, not `&mut self`: admission requests are \
+                         served concurrently, keep mutable state behind a lock"
+                    ),
+                )),
+                _ => errors.push(error_at(
+                    receiver,
+                    format!("`{name}` must take `&self`: write {shape}"),
+                )),
+            },
+            _ => errors.push(error_at(
+                &sig.ident,
+                format!("`{name}` must take `&self` first: write {shape}"),
+            )),
+        }
+        for (argument, borrow, what) in kind.arguments() {
+            match inputs.next() {
+                Some(FnArg::Typed(arg)) => {
+                    errors.handle(webhook_argument(&arg.ty, *borrow, argument, name, expected));
+                }
+                Some(FnArg::Receiver(_)) => {}
+                None => {
+                    errors.push(error_at_span(
+                        sig.paren_token.span.close(),
+                        format!(
+                            "`{name}` must also take `{argument}: {}`, {what}: write {shape}",
+                            borrow.write(&resource)
+                        ),
+                    ));
+                    break;
+                }
+            }
+        }
+        for extra in inputs {
+            errors.push(error_at(
+                extra,
+                format!("`{name}` takes nothing more than {shape}: remove this argument"),
+            ));
+        }
+        if let Some(variadic) = &sig.variadic {
+            errors.push(error_at(variadic, "remove this argument"));
+        }
+        match (kind, &sig.output) {
+            (WebhookKind::Default, ReturnType::Default) => {}
+            (WebhookKind::Default, output @ ReturnType::Type(_, ty)) => errors.push(error_at(
+                output,
+                format!(
+                    "`default` changes the object in place and returns nothing: remove `-> {}` \
+                     (the framework sends the changes as a JSON patch)",
+                    source(ty)
+                ),
+            )),
+            (_, ReturnType::Default) => errors.push(error_at_span(
+                sig.paren_token.span.close(),
+                format!(
+                    "`{name}` must return `Result<(), Denied>`: add `-> Result<(), Denied>` \
+                     (`Err(Denied::new(\"…\"))` refuses the request with that message)"
+                ),
+            )),
+            (_, ReturnType::Type(_, ty)) => {
+                if !is_denial_result(ty) {
+                    errors.push(error_at(
+                        ty,
+                        format!(
+                            "`{name}` must return `Result<(), Denied>`, found `{}`: `Ok(())` \
+                             admits the object, `Err(Denied::new(\"…\"))` refuses it with that \
+                             message",
+                            source(ty)
+                        ),
+                    ));
+                }
+            }
+        }
+        errors.finish_with(WebhookFn {
+            ident: sig.ident.clone(),
+        })
+    }
+}
+
+/// `Result<(), Denied>` (any path ending in `Result` and `Denied`).
+fn is_denial_result(ty: &Type) -> bool {
+    match path_tail(ty) {
+        Some((ident, args)) if ident == "Result" && args.len() == 2 => {
+            matches!(peel(args[0]), Type::Tuple(unit) if unit.elems.is_empty())
+                && matches!(path_tail(args[1]), Some((denied, rest)) if denied == "Denied" && rest.is_empty())
+        }
+        _ => false,
+    }
+}
+
+/// One object argument of an admission method, as `borrow` says.
+fn webhook_argument(
+    ty: &Type,
+    borrow: Borrow,
+    argument: &str,
+    name: &str,
+    expected: &Expected,
+) -> darling::Result<()> {
+    let resource = expected.resource();
+    let want = borrow.write(&resource);
+    let found = source(ty);
+    let why = match borrow {
+        Borrow::Shared if name == "validate" => {
+            "`validate` looks at the new object; defaults are set in `default`"
+        }
+        Borrow::Shared => "`validate_delete` looks at the object being deleted",
+        Borrow::Optional => "`old` is the stored object, `None` on create",
+        Borrow::Mutable => "`default` changes the object in place",
+    };
+    let wrong = || {
+        error_at(
+            ty,
+            format!("expected `{argument}: {want}`, found `{found}`: {why}"),
+        )
+    };
+    let reference = match borrow {
+        Borrow::Optional => match crate::util::option_inner(ty) {
+            Some(inner) => inner,
+            None => return Err(wrong()),
+        },
+        Borrow::Shared | Borrow::Mutable => ty,
+    };
+    let Type::Reference(reference) = peel(reference) else {
+        return Err(wrong());
+    };
+    if reference.mutability.is_some() != (borrow == Borrow::Mutable) {
+        return Err(wrong());
+    }
+    if expected.is_resource(&reference.elem) {
+        Ok(())
+    } else {
+        Err(error_at(
+            &reference.elem,
+            format!(
+                "expected `{argument}: {want}`, found `{found}`: the webhook admits the resource \
+                 named in `resource = {resource}`"
+            ),
+        ))
     }
 }
 
@@ -1011,6 +1304,40 @@ impl LeaseName {
 
     pub(crate) fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// `webhooks = "website-webhooks"` (a Service in the operator's namespace) or
+/// `webhooks = "shop/website-webhooks"`: where the API server calls the admission webhooks.
+pub(crate) struct WebhookService {
+    pub(crate) namespace: Option<String>,
+    pub(crate) name: String,
+}
+
+impl WebhookService {
+    fn new(lit: &LitStr) -> darling::Result<Self> {
+        let value = lit.value();
+        let (namespace, name) = match value.split_once('/') {
+            Some((namespace, name)) => (Some(namespace), name),
+            None => (None, value.as_str()),
+        };
+        // A Service name is a DNS-1035 label: it starts with a letter.
+        let service_ok = is_dns_label(name) && name.starts_with(|c: char| c.is_ascii_lowercase());
+        if service_ok && namespace.is_none_or(is_dns_label) {
+            Ok(WebhookService {
+                namespace: namespace.map(str::to_owned),
+                name: name.to_owned(),
+            })
+        } else {
+            Err(error_at(
+                lit,
+                format!(
+                    "webhook Service `{value}` must be a Service name like `website-webhooks` \
+                     (in the operator's namespace) or `namespace/name`: lowercase letters, \
+                     digits and `-`, starting with a letter"
+                ),
+            ))
+        }
     }
 }
 

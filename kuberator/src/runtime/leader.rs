@@ -174,11 +174,7 @@ impl LeaderElection {
     /// Election on the Lease `lease_name` in the operator's own namespace: `POD_NAMESPACE`, else
     /// the in-cluster service account's namespace, else the client's default namespace.
     pub fn in_operator_namespace(client: Client, lease_name: impl Into<String>) -> Self {
-        let namespace = operator_namespace(
-            std::env::var("POD_NAMESPACE").ok(),
-            std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE).ok(),
-            client.default_namespace(),
-        );
+        let namespace = current_namespace(&client);
         Self::new(client, namespace, lease_name)
     }
 
@@ -805,6 +801,16 @@ impl<S: LeaseStore> Elector<S> {
 
 /// Where a pod finds its own namespace.
 const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// The operator's own namespace: `POD_NAMESPACE`, else the pod's service account namespace,
+/// else the client's default namespace (from the kubeconfig).
+pub(crate) fn current_namespace(client: &Client) -> String {
+    operator_namespace(
+        std::env::var("POD_NAMESPACE").ok(),
+        std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE).ok(),
+        client.default_namespace(),
+    )
+}
 
 fn operator_namespace(env: Option<String>, file: Option<String>, client_default: &str) -> String {
     [env, file]

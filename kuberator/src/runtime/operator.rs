@@ -545,6 +545,11 @@ impl<R: Object> Operator<R> {
         self
     }
 
+    /// The webhook server set with [`webhook_server`](Operator::webhook_server), if any.
+    pub(crate) fn webhook_server_ref(&self) -> Option<&crate::webhook::WebhookServer> {
+        self.webhooks.server()
+    }
+
     /// Runs until the shutdown signal (or forever without one): a [`Manager`] of this one
     /// controller.
     ///

@@ -91,6 +91,11 @@ impl Settings {
         self.handlers.extend(webhook.into_handlers());
     }
 
+    /// The server, when one is set.
+    pub(crate) fn server(&self) -> Option<&WebhookServer> {
+        self.server.as_ref()
+    }
+
     pub(crate) fn set_server(&mut self, server: WebhookServer) {
         self.server = Some(server);
     }

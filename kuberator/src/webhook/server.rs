@@ -157,6 +157,14 @@ impl WebhookServer {
         }
     }
 
+    /// [`in_cluster`](WebhookServer::in_cluster) in the operator's own namespace: `POD_NAMESPACE`,
+    /// else the pod's service account namespace, else the client's default namespace (as
+    /// [`LeaderElection::in_operator_namespace`](crate::runtime::LeaderElection::in_operator_namespace)).
+    /// What `#[kuberator::operator(webhooks = "…")]` uses.
+    pub fn in_operator_namespace(client: &Client, service: impl Into<String>) -> Self {
+        Self::in_cluster(crate::runtime::leader::current_namespace(client), service)
+    }
+
     /// The address to listen on (port 0: a free one).
     #[must_use]
     pub fn bind(mut self, addr: SocketAddr) -> Self {
