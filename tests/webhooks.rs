@@ -624,9 +624,12 @@ async fn the_macro_operator_serves_its_methods_with_exactly_its_generated_rbac()
     .shutdown_on(async move {
         let _ = stopped.await;
     });
-    let running = tokio::spawn(operator.run());
+    let mut running = tokio::spawn(operator.run());
     let databases: Api<Database> = Api::namespaced(env.client(), "default");
-    until_enforced(&databases).await;
+    tokio::select! {
+        () = until_enforced(&databases) => {}
+        stopped = &mut running => panic!("the operator stopped before serving: {stopped:?}"),
+    }
 
     let refused = kubectl_apply(&env, &database("bound", "oracle", "eu"))
         .await

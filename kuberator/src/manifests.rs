@@ -343,6 +343,9 @@ pub struct Permission {
     pub subresource: Option<String>,
     /// The namespace; `None` for all namespaces (or the cluster scope).
     pub namespace: Option<String>,
+    /// The object's name, for a rule limited by `resourceNames` (e.g. the webhook server's
+    /// own Secret); `None` for every object.
+    pub name: Option<String>,
 }
 
 impl fmt::Display for Permission {
@@ -353,6 +356,9 @@ impl fmt::Display for Permission {
         }
         if let Some(subresource) = &self.subresource {
             write!(f, "/{subresource}")?;
+        }
+        if let Some(name) = &self.name {
+            write!(f, "` named `{name}")?;
         }
         match &self.namespace {
             Some(namespace) => write!(f, "` in namespace `{namespace}`"),
@@ -474,14 +480,24 @@ impl Rbac {
                             Some((resource, sub)) => (resource, Some(sub.to_owned())),
                             None => (resource.as_str(), None),
                         };
+                        // A rule limited by `resourceNames` allows only those objects.
+                        let names: Vec<Option<String>> = match rule.resource_names.as_deref() {
+                            Some(names) if !names.is_empty() => {
+                                names.iter().cloned().map(Some).collect()
+                            }
+                            _ => vec![None],
+                        };
                         for verb in &rule.verbs {
-                            permissions.push(Permission {
-                                verb: verb.clone(),
-                                group: group.clone(),
-                                resource: resource.to_owned(),
-                                subresource: subresource.clone(),
-                                namespace: namespace.clone(),
-                            });
+                            for name in &names {
+                                permissions.push(Permission {
+                                    verb: verb.clone(),
+                                    group: group.clone(),
+                                    resource: resource.to_owned(),
+                                    subresource: subresource.clone(),
+                                    namespace: namespace.clone(),
+                                    name: name.clone(),
+                                });
+                            }
                         }
                     }
                 }
@@ -728,6 +744,7 @@ async fn review(api: &Api<SelfSubjectAccessReview>, permission: &Permission) -> 
                 resource: Some(permission.resource.clone()),
                 subresource: permission.subresource.clone(),
                 namespace: permission.namespace.clone(),
+                name: permission.name.clone(),
                 ..ResourceAttributes::default()
             }),
             ..SelfSubjectAccessReviewSpec::default()
@@ -911,6 +928,26 @@ mod tests {
             cluster[0].to_string(),
             "`get` on `configmaps` in all namespaces"
         );
+    }
+
+    #[test]
+    fn permissions_limited_by_resource_names_are_checked_per_name() {
+        let server = crate::webhook::WebhookServer::in_cluster("shop", "website-webhooks");
+        let permissions = server.rbac("w").permissions();
+        let secret = permissions
+            .iter()
+            .find(|p| p.resource == "secrets" && p.verb == "get")
+            .unwrap();
+        assert_eq!(secret.name.as_deref(), Some("website-webhooks-tls"));
+        assert_eq!(
+            secret.to_string(),
+            "`get` on `secrets` named `website-webhooks-tls` in namespace `shop`"
+        );
+        let create = permissions
+            .iter()
+            .find(|p| p.resource == "secrets" && p.verb == "create")
+            .unwrap();
+        assert_eq!(create.name, None);
     }
 
     #[test]

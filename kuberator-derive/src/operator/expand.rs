@@ -166,6 +166,7 @@ pub(crate) fn operator(op: &Operator, handlers: &[ImplItemFn]) -> TokenStream {
         None => (None, None, None),
     };
     let webhook_setup = webhook.as_ref().map(|webhook| &webhook.setup);
+    let rbac_mut = webhook.as_ref().map(|_| quote!(mut));
 
     let user_handlers = user_handlers(handler, handlers);
 
@@ -262,8 +263,7 @@ pub(crate) fn operator(op: &Operator, handlers: &[ImplItemFn]) -> TokenStream {
                 async fn run(self, client: #private::kube::Client) -> #root::Result<()> {
                     let options = <Self as #root::IntoOperator>::rbac_options();
                     #rbac_lease
-                    #[allow(unused_mut)]
-                    let mut rbac = #root::manifests::rbac_rules_for::<#object>(&options);
+                    let #rbac_mut rbac = #root::manifests::rbac_rules_for::<#object>(&options);
                     let operator = <Self as #root::IntoOperator>::operator(self, client)?;
                     #webhook_rbac
                     operator

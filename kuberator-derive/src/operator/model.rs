@@ -287,7 +287,13 @@ impl Operator {
                 true => {
                     errors.push(error_at(
                         &keyed.key,
-                        "`webhooks = …` serves the admission webhooks of this block, but it has                          none: add `async fn validate(&self, new: &R, old: Option<&R>) ->                          Result<(), Denied>` or `async fn default(&self, obj: &mut R)`, or remove                          the key",
+                        format!(
+                            "`webhooks = …` serves the admission webhooks of this block, but it \
+                             has none: add `async fn validate(&self, new: &{r}, old: \
+                             Option<&{r}>) -> Result<(), Denied>` or `async fn default(&self, \
+                             obj: &mut {r})`, or remove the key",
+                            r = expected.resource()
+                        ),
                     ));
                     None
                 }
@@ -806,7 +812,7 @@ fn webhook_argument(
     let found = source(ty);
     let why = match borrow {
         Borrow::Shared if name == "validate" => {
-            "`validate` looks at the new object; defaults are set in `default`"
+            "`validate` borrows the object it admits (defaults are set in `default`)"
         }
         Borrow::Shared => "`validate_delete` looks at the object being deleted",
         Borrow::Optional => "`old` is the stored object, `None` on create",

@@ -36,6 +36,8 @@ const _: () = {
                     Scope: ::kuberator::cache::ApiScope,
                 >;
             fn object(object: ::std::sync::Arc<Self::Object>) -> ::std::sync::Arc<Self>;
+            fn object_ref(object: &Self::Object) -> &Self;
+            fn object_mut(object: &mut Self::Object) -> &mut Self;
             fn ctx(ctx: &::kuberator::Ctx<Self::Object>) -> &::kuberator::Ctx<Self>
             where
                 Self: ::kuberator::finalize::Object;
@@ -49,6 +51,12 @@ const _: () = {
             fn object(object: ::std::sync::Arc<T>) -> ::std::sync::Arc<T> {
                 object
             }
+            fn object_ref(object: &T) -> &T {
+                object
+            }
+            fn object_mut(object: &mut T) -> &mut T {
+                object
+            }
             fn ctx(ctx: &::kuberator::Ctx<T>) -> &::kuberator::Ctx<T> {
                 ctx
             }
@@ -59,7 +67,7 @@ const _: () = {
             Website: Reconciled,
             Websites: ::core::marker::Send + ::core::marker::Sync + 'static,
         {
-            handler: Websites,
+            handler: ::std::sync::Arc<Websites>,
             ctx: ::kuberator::Ctx<<Website as Reconciled>::Object>,
         }
         #[automatically_derived]
@@ -170,11 +178,9 @@ const _: () = {
                         ::core::option::Option::Some("websites.example.com/cleanup"),
                     )
                     .build()?;
+                let handler = ::std::sync::Arc::new(self);
                 ::core::result::Result::Ok(
-                    ::kuberator::Operator::new(HandlerOperator {
-                            handler: self,
-                            ctx,
-                        })
+                    ::kuberator::Operator::new(HandlerOperator { handler, ctx })
                         .concurrency(8)
                         .label_selector("app=web")
                         .owns::<ConfigMap>()
@@ -201,11 +207,11 @@ const _: () = {
                 let rbac = ::kuberator::manifests::rbac_rules_for::<
                     <Website as Reconciled>::Object,
                 >(&options);
-                <Self as ::kuberator::IntoOperator>::operator(self, client)?
-                    .check_permissions(rbac)
-                    .shutdown_on_signal()
-                    .run()
-                    .await
+                let operator = <Self as ::kuberator::IntoOperator>::operator(
+                    self,
+                    client,
+                )?;
+                operator.check_permissions(rbac).shutdown_on_signal().run().await
             }
         }
         const _: fn() = || {
