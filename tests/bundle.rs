@@ -13,6 +13,7 @@ use k8s_openapi::api::{
     core::v1::{ConfigMap, Secret, Service, ServiceAccount},
     events::v1::Event,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
@@ -22,6 +23,7 @@ use kuberator::{
     manifests::{Bundle, cli_from},
     runtime::LeaderElection,
     testing::TestEnv,
+    webhook::{Webhook, WebhookServer},
 };
 use kuberator_examples::static_site::{FINALIZER, StaticSite, StaticSiteSpec, StaticSites};
 use tokio::{io::AsyncWriteExt, sync::oneshot};
@@ -194,6 +196,45 @@ async fn the_bundle_is_accepted_applied_and_runs_the_operator_as_its_service_acc
     assert!(
         ok && err.contains("Warning") && err.contains("allowPrivilegeEscalation"),
         "{err}"
+    );
+
+    // With admission webhooks: their Service, container port, RBAC (the certificate Secret
+    // and the configurations by name) and configurations (no caBundle yet, a namespace
+    // selector) pass the same dry run.
+    let with_webhooks = bundle
+        .clone()
+        .webhook_server(WebhookServer::in_cluster(NAMESPACE, "staticsites-webhooks"))
+        .webhook(
+            &Webhook::<StaticSite>::new()
+                .validate(|_, _| Ok(()))
+                .default(|_| {})
+                .namespace_selector(LabelSelector {
+                    match_labels: Some([("webhooks".to_owned(), "on".to_owned())].into()),
+                    ..LabelSelector::default()
+                }),
+        );
+    let webhook_yaml = with_webhooks.to_yaml().unwrap();
+    let (out, err, ok) = kubectl(
+        &env,
+        &["apply", "--dry-run=server", "-f", "-"],
+        &webhook_yaml,
+    )
+    .await;
+    assert!(ok, "{err}");
+    for created in [
+        "service/staticsites-webhooks created (server dry run)",
+        "validatingwebhookconfiguration.admissionregistration.k8s.io/staticsites-webhooks created (server dry run)",
+        "mutatingwebhookconfiguration.admissionregistration.k8s.io/staticsites-webhooks created (server dry run)",
+    ] {
+        assert!(
+            out.lines().any(|line| line == created),
+            "{created} not in:\n{out}"
+        );
+    }
+    assert_eq!(
+        out.lines().count(),
+        with_webhooks.objects().unwrap().len(),
+        "{out}"
     );
 
     // The kustomize folder renders and passes the same dry run.

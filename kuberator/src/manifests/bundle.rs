@@ -26,6 +26,7 @@ use super::{Grant, LEASE_VERBS, Rbac, RbacOptions, Scope, ServiceAccountRef, rul
 use crate::{
     cache::ApiScope,
     error::{Error, Result},
+    webhook::{Registration, Webhook, WebhookServer},
 };
 
 /// The port of the operator's `/metrics`, `/healthz` and `/readyz` server unless set with
@@ -80,6 +81,8 @@ pub struct Bundle {
     args: Vec<String>,
     env: Vec<EnvVar>,
     resources: ResourceRequirements,
+    webhook_server: Option<WebhookServer>,
+    webhooks: Vec<Registration>,
 }
 
 impl Bundle {
@@ -103,6 +106,8 @@ impl Bundle {
                 limits: Some(quantities([("memory", "256Mi")])),
                 ..ResourceRequirements::default()
             },
+            webhook_server: None,
+            webhooks: Vec::new(),
         }
     }
 
@@ -235,6 +240,54 @@ impl Bundle {
         self
     }
 
+    /// The operator's admission webhook server
+    /// ([`WebhookServer::in_cluster`] in the bundle's namespace, what the macro's
+    /// `webhooks = "…"` key serves): adds its Service (port 443 to the container port
+    /// `webhook`), the container port, and its RBAC ([`WebhookServer::rbac`]: its certificate
+    /// Secret and its webhook configurations, by name). Add the webhooks with
+    /// [`webhook`](Bundle::webhook).
+    ///
+    /// ```
+    /// # use kube::CustomResource;
+    /// # use schemars::JsonSchema;
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
+    /// # #[kube(group = "example.com", version = "v1", kind = "Website", namespaced)]
+    /// # pub struct WebsiteSpec { pub image: String }
+    /// use kuberator::{manifests::{Bundle, RbacOptions}, webhook::{Webhook, WebhookServer}};
+    ///
+    /// let bundle = Bundle::for_operator::<Website>(&RbacOptions::new("website-operator"))
+    ///     .image("registry.example.com/website-operator:1.0.0")
+    ///     .namespace("websites")
+    ///     .webhook_server(WebhookServer::in_cluster("websites", "website-webhooks"))
+    ///     .webhook(&Webhook::<Website>::new().validate(|_, _| Ok(())));
+    /// let yaml = bundle.to_yaml()?;
+    /// assert!(yaml.contains("kind: ValidatingWebhookConfiguration"));
+    /// assert!(yaml.contains("name: website-webhooks"));
+    /// # Ok::<(), kuberator::Error>(())
+    /// ```
+    #[must_use]
+    pub fn webhook_server(mut self, server: WebhookServer) -> Self {
+        self.webhook_server = Some(server);
+        self
+    }
+
+    /// Adds the `ValidatingWebhookConfiguration` / `MutatingWebhookConfiguration` entries of
+    /// `webhook` (its handlers, timeout and selectors; the handlers themselves are not
+    /// called). The configurations ship without a `caBundle`: the operator writes its CA there
+    /// at start-up (server-side apply, field manager `kuberator-webhooks`), and until it does,
+    /// `failurePolicy: Fail` refuses writes of the kind. For a `#[kuberator::operator]` with
+    /// `validate` / `default`, add a `Webhook` with the same handler types (any closure), e.g.
+    /// `Webhook::<Website>::new().validate(|_, _| Ok(())).default(|_| {})`.
+    #[must_use]
+    pub fn webhook<R: crate::finalize::Object>(mut self, webhook: &Webhook<R>) -> Self {
+        for registration in webhook.registration_list() {
+            self.webhooks.retain(|r| r.path != registration.path);
+            self.webhooks.push(registration);
+        }
+        self
+    }
+
     /// The namespace the operator runs in.
     pub fn operator_namespace(&self) -> String {
         self.namespace
@@ -255,6 +308,9 @@ impl Bundle {
     /// [`check_permissions`](super::check_permissions).
     pub fn rbac_objects(&self) -> Rbac {
         let mut grants = self.grants.clone();
+        if let Some(server) = &self.webhook_server {
+            grants.extend(server.rbac(&self.name).grants);
+        }
         if self.leader_election {
             grants.push(Grant {
                 name: format!("{}-leader-election", self.name),
@@ -304,6 +360,43 @@ impl Bundle {
         }
         if !(1..=65535).contains(&self.port) {
             return problem(format!("port {} is not in 1-65535", self.port));
+        }
+        match (&self.webhook_server, self.webhooks.is_empty()) {
+            (None, false) => {
+                return problem(
+                    "the bundle has webhooks but no webhook server: add \
+                     `Bundle::webhook_server(WebhookServer::in_cluster(namespace, service))`"
+                        .to_owned(),
+                );
+            }
+            (Some(server), _) => match server.service_namespace() {
+                None => {
+                    return problem(
+                        "the bundle's webhook server is `WebhookServer::local()`, which no pod \
+                         can serve: use `WebhookServer::in_cluster(namespace, service)`"
+                            .to_owned(),
+                    );
+                }
+                Some(namespace) if namespace != self.operator_namespace() => {
+                    return problem(format!(
+                        "the webhook Service is in namespace `{namespace}` but the operator runs \
+                         in `{}`: the Service must be next to the pods it selects",
+                        self.operator_namespace()
+                    ));
+                }
+                Some(_)
+                    if server.bind_port() == 0 || i32::from(server.bind_port()) == self.port =>
+                {
+                    return problem(format!(
+                        "the webhook server's port {} must be a fixed port other than the \
+                         health port {}",
+                        server.bind_port(),
+                        self.port
+                    ));
+                }
+                Some(_) => {}
+            },
+            (None, true) => {}
         }
         Ok(image)
     }
@@ -373,17 +466,26 @@ impl Bundle {
             field_env("POD_NAMESPACE", "metadata.namespace"),
         ];
         env.extend(self.env.iter().cloned());
+        let mut ports = vec![ContainerPort {
+            name: Some("http".to_owned()),
+            container_port: self.port,
+            protocol: Some("TCP".to_owned()),
+            ..ContainerPort::default()
+        }];
+        if let Some(server) = &self.webhook_server {
+            ports.push(ContainerPort {
+                name: Some("webhook".to_owned()),
+                container_port: i32::from(server.bind_port()),
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            });
+        }
         let container = Container {
             name: "operator".to_owned(),
             image: Some(image),
             args: (!self.args.is_empty()).then(|| self.args.clone()),
             env: Some(env),
-            ports: Some(vec![ContainerPort {
-                name: Some("http".to_owned()),
-                container_port: self.port,
-                protocol: Some("TCP".to_owned()),
-                ..ContainerPort::default()
-            }]),
+            ports: Some(ports),
             liveness_probe: Some(probe("/healthz")),
             readiness_probe: Some(probe("/readyz")),
             resources: Some(self.resources.clone()),
@@ -460,6 +562,27 @@ impl Bundle {
         }
     }
 
+    /// The Service in front of the webhook port, with a
+    /// [`webhook_server`](Bundle::webhook_server).
+    pub fn webhook_service(&self) -> Option<Service> {
+        let mut service = self.webhook_server.as_ref()?.service(self.selector())?;
+        service.metadata.labels = Some(self.labels());
+        Some(service)
+    }
+
+    /// The webhook configurations (validating, then mutating; without `caBundle`, see
+    /// [`webhook`](Bundle::webhook)).
+    pub fn webhook_configurations(&self) -> Vec<serde_json::Value> {
+        let Some((validating, mutating)) = self
+            .webhook_server
+            .as_ref()
+            .and_then(|server| server.bundle_configurations(&self.webhooks))
+        else {
+            return Vec::new();
+        };
+        validating.into_iter().chain(mutating).collect()
+    }
+
     /// The PodDisruptionBudget keeping one replica available, with more than one replica.
     pub fn pod_disruption_budget(&self) -> Option<PodDisruptionBudget> {
         (self.replicas > 1).then(|| PodDisruptionBudget {
@@ -477,8 +600,8 @@ impl Bundle {
     }
 
     /// Every object by file, in the order to apply them: `namespace.yaml`, `crds.yaml`,
-    /// `rbac.yaml`, `service.yaml`, `deployment.yaml`, `pdb.yaml` (files without objects are
-    /// left out).
+    /// `rbac.yaml`, `service.yaml` (the metrics and the webhook Service), `deployment.yaml`,
+    /// `pdb.yaml`, `webhooks.yaml` (files without objects are left out).
     ///
     /// # Errors
     /// As [`deployment`](Bundle::deployment).
@@ -491,6 +614,10 @@ impl Bundle {
         for crd in &self.crds {
             crds.push(json(serde_json::to_value(crd))?);
         }
+        let mut services = vec![json(serde_json::to_value(self.metrics_service()))?];
+        if let Some(service) = self.webhook_service() {
+            services.push(json(serde_json::to_value(service))?);
+        }
         let mut files = vec![
             (
                 "namespace.yaml",
@@ -498,10 +625,7 @@ impl Bundle {
             ),
             ("crds.yaml", crds),
             ("rbac.yaml", self.rbac_objects().objects()?),
-            (
-                "service.yaml",
-                vec![json(serde_json::to_value(self.metrics_service()))?],
-            ),
+            ("service.yaml", services),
             (
                 "deployment.yaml",
                 vec![json(serde_json::to_value(deployment))?],
@@ -510,6 +634,7 @@ impl Bundle {
         if let Some(pdb) = self.pod_disruption_budget() {
             files.push(("pdb.yaml", vec![json(serde_json::to_value(pdb))?]));
         }
+        files.push(("webhooks.yaml", self.webhook_configurations()));
         files.retain(|(_, objects)| !objects.is_empty());
         Ok(files)
     }
@@ -877,5 +1002,88 @@ mod tests {
         let deployment = std::fs::read_to_string(dir.join("deployment.yaml")).unwrap();
         assert!(deployment.contains("kind: Deployment"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn webhooks_add_their_service_port_rbac_and_configurations_without_ca_bundle() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+        let namespace = "websites-operator-system";
+        let webhook = Webhook::<Website>::new()
+            .validate(|_, _| Ok(()))
+            .default(|_| {})
+            .namespace_selector(LabelSelector {
+                match_labels: Some([("webhooks".to_owned(), "on".to_owned())].into()),
+                ..LabelSelector::default()
+            });
+        let bundle = bundle()
+            .webhook_server(WebhookServer::in_cluster(namespace, "website-webhooks"))
+            .webhook(&webhook);
+        let objects = bundle.objects().unwrap();
+        let kinds = kinds(&objects);
+        assert_eq!(
+            kinds[kinds.len() - 2..],
+            [
+                "ValidatingWebhookConfiguration",
+                "MutatingWebhookConfiguration"
+            ]
+        );
+        let validating = &objects[objects.len() - 2];
+        assert_eq!(validating["metadata"]["name"], "website-webhooks");
+        let hook = &validating["webhooks"][0];
+        assert_eq!(
+            hook["clientConfig"]["service"],
+            serde_json::json!({
+                "namespace": namespace,
+                "name": "website-webhooks",
+                "port": 443,
+                "path": "/validate-example-com-v1-website",
+            })
+        );
+        assert!(hook["clientConfig"].get("caBundle").is_none(), "{hook}");
+        assert_eq!(hook["namespaceSelector"]["matchLabels"]["webhooks"], "on");
+        assert_eq!(hook["failurePolicy"], "Fail");
+
+        let service = objects
+            .iter()
+            .find(|o| o["kind"] == "Service" && o["metadata"]["name"] == "website-webhooks")
+            .unwrap();
+        assert_eq!(service["spec"]["ports"][0]["port"], 443);
+        assert_eq!(service["spec"]["ports"][0]["targetPort"], 9443);
+        assert_eq!(
+            service["spec"]["selector"]["app.kubernetes.io/name"],
+            "websites-operator"
+        );
+        let deployment = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
+        let ports = &deployment["spec"]["template"]["spec"]["containers"][0]["ports"];
+        assert_eq!(ports[1]["name"], "webhook");
+        assert_eq!(ports[1]["containerPort"], 9443);
+        let rbac = serde_json::to_string(&bundle.rbac_objects().objects().unwrap()).unwrap();
+        assert!(rbac.contains("website-webhooks-tls"), "{rbac}");
+        assert!(rbac.contains("validatingwebhookconfigurations"), "{rbac}");
+    }
+
+    #[test]
+    fn webhooks_need_an_in_cluster_server_next_to_the_pods() {
+        let webhook = Webhook::<Website>::new().validate(|_, _| Ok(()));
+        let error = bundle()
+            .webhook(&webhook)
+            .objects()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("no webhook server"), "{error}");
+        let error = bundle()
+            .webhook_server(WebhookServer::local())
+            .webhook(&webhook)
+            .objects()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("WebhookServer::local()"), "{error}");
+        let error = bundle()
+            .webhook_server(WebhookServer::in_cluster("elsewhere", "website-webhooks"))
+            .webhook(&webhook)
+            .objects()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("namespace `elsewhere`"), "{error}");
     }
 }

@@ -4,6 +4,7 @@
 use std::{fmt, marker::PhantomData, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::{
     DynamicObject, Resource,
     admission::{AdmissionRequest, AdmissionResponse, Operation},
@@ -204,6 +205,8 @@ pub struct Webhook<R> {
     defaulter: Option<Arc<dyn Defaulter<R>>>,
     deletes: bool,
     timeout: Duration,
+    namespace_selector: Option<LabelSelector>,
+    object_selector: Option<LabelSelector>,
     _kind: PhantomData<fn() -> R>,
 }
 
@@ -232,6 +235,8 @@ impl<R: Object> Webhook<R> {
             defaulter: None,
             deletes: false,
             timeout: DEFAULT_HANDLER_TIMEOUT,
+            namespace_selector: None,
+            object_selector: None,
             _kind: PhantomData,
         }
     }
@@ -283,6 +288,36 @@ impl<R: Object> Webhook<R> {
         self
     }
 
+    /// Only objects in namespaces matching `selector` are sent to the webhooks (the
+    /// configurations' `namespaceSelector`; default: every namespace). Exclude the operator's
+    /// own namespace this way when its writes must not wait for it.
+    ///
+    /// ```
+    /// use k8s_openapi::{api::core::v1::ConfigMap, apimachinery::pkg::apis::meta::v1::LabelSelector};
+    /// use kuberator::webhook::Webhook;
+    ///
+    /// let webhook = Webhook::<ConfigMap>::new()
+    ///     .validate(|_, _| Ok(()))
+    ///     .namespace_selector(LabelSelector {
+    ///         match_labels: Some([("webhooks".to_owned(), "enabled".to_owned())].into()),
+    ///         ..LabelSelector::default()
+    ///     });
+    /// # let _ = webhook;
+    /// ```
+    #[must_use]
+    pub fn namespace_selector(mut self, selector: LabelSelector) -> Self {
+        self.namespace_selector = Some(selector);
+        self
+    }
+
+    /// Only objects whose labels match `selector` are sent to the webhooks (the
+    /// configurations' `objectSelector`; default: every object).
+    #[must_use]
+    pub fn object_selector(mut self, selector: LabelSelector) -> Self {
+        self.object_selector = Some(selector);
+        self
+    }
+
     /// The path of the validating webhook (`/validate-<group>-<version>-<kind>`).
     pub fn validate_path(&self) -> String {
         path::<R>("validate")
@@ -293,37 +328,52 @@ impl<R: Object> Webhook<R> {
         path::<R>("mutate")
     }
 
-    /// The handlers to serve, one per path.
-    pub(crate) fn into_handlers(self) -> Vec<Arc<dyn Admit>> {
-        let mut handlers: Vec<Arc<dyn Admit>> = Vec::new();
-        let target = Target::of::<R>();
-        if let Some(validator) = self.validator {
+    /// Where each handler is registered: (validating, mutating), `None` for a missing handler.
+    fn registrations(&self) -> (Option<Registration>, Option<Registration>) {
+        let registration = |mutating: bool, operations: Vec<&'static str>| Registration {
+            path: path::<R>(if mutating { "mutate" } else { "validate" }),
+            mutating,
+            target: Target::of::<R>(),
+            operations,
+            timeout: self.timeout,
+            namespace_selector: self.namespace_selector.clone(),
+            object_selector: self.object_selector.clone(),
+        };
+        let validating = self.validator.as_ref().map(|_| {
             let mut operations = vec!["CREATE", "UPDATE"];
             if self.deletes {
                 operations.push("DELETE");
             }
+            registration(false, operations)
+        });
+        let mutating = self
+            .defaulter
+            .as_ref()
+            .map(|_| registration(true, vec!["CREATE", "UPDATE"]));
+        (validating, mutating)
+    }
+
+    /// The registrations of the handlers, for the install bundle.
+    pub(crate) fn registration_list(&self) -> Vec<Registration> {
+        let (validating, mutating) = self.registrations();
+        validating.into_iter().chain(mutating).collect()
+    }
+
+    /// The handlers to serve, one per path.
+    pub(crate) fn into_handlers(self) -> Vec<Arc<dyn Admit>> {
+        let mut handlers: Vec<Arc<dyn Admit>> = Vec::new();
+        let (validating, mutating) = self.registrations();
+        if let (Some(validator), Some(registration)) = (self.validator, validating) {
             handlers.push(Arc::new(Validating {
                 validator,
                 deletes: self.deletes,
-                registration: Registration {
-                    path: path::<R>("validate"),
-                    mutating: false,
-                    target: target.clone(),
-                    operations,
-                    timeout: self.timeout,
-                },
+                registration,
             }));
         }
-        if let Some(defaulter) = self.defaulter {
+        if let (Some(defaulter), Some(registration)) = (self.defaulter, mutating) {
             handlers.push(Arc::new(Defaulting {
                 defaulter,
-                registration: Registration {
-                    path: path::<R>("mutate"),
-                    mutating: true,
-                    target,
-                    operations: vec!["CREATE", "UPDATE"],
-                    timeout: self.timeout,
-                },
+                registration,
             }));
         }
         handlers
@@ -368,6 +418,8 @@ pub(crate) struct Registration {
     pub(crate) target: Target,
     pub(crate) operations: Vec<&'static str>,
     pub(crate) timeout: Duration,
+    pub(crate) namespace_selector: Option<LabelSelector>,
+    pub(crate) object_selector: Option<LabelSelector>,
 }
 
 impl Registration {

@@ -85,6 +85,12 @@ pub(crate) fn webhooks(
             if registration.mutating {
                 webhook["reinvocationPolicy"] = json!("Never");
             }
+            if let Some(selector) = &registration.namespace_selector {
+                webhook["namespaceSelector"] = json!(selector);
+            }
+            if let Some(selector) = &registration.object_selector {
+                webhook["objectSelector"] = json!(selector);
+            }
             webhook
         })
         .collect()

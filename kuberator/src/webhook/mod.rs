@@ -73,6 +73,7 @@ pub use certs::{
 };
 pub use server::{DEFAULT_BODY_LIMIT, WebhookServer};
 
+pub(crate) use admission::Registration;
 pub(crate) use server::Running;
 
 use crate::{error::Result, finalize::Object, runtime::Metrics};

@@ -326,6 +326,48 @@ impl WebhookServer {
         })
     }
 
+    /// The Service's namespace ([`in_cluster`](WebhookServer::in_cluster)); `None` for
+    /// [`local`](WebhookServer::local).
+    pub(crate) fn service_namespace(&self) -> Option<&str> {
+        match &self.endpoint {
+            EndpointConfig::Service { namespace, .. } => Some(namespace.as_str()),
+            EndpointConfig::Local { .. } => None,
+        }
+    }
+
+    /// The port the server listens on.
+    pub(crate) fn bind_port(&self) -> u16 {
+        self.bind.port()
+    }
+
+    /// The webhook configurations of `registrations` as the install bundle ships them: without
+    /// a `caBundle` (the operator writes it at start-up); `None` for
+    /// [`local`](WebhookServer::local).
+    pub(crate) fn bundle_configurations(
+        &self,
+        registrations: &[super::admission::Registration],
+    ) -> Option<(Option<serde_json::Value>, Option<serde_json::Value>)> {
+        let EndpointConfig::Service {
+            namespace,
+            name,
+            port,
+        } = &self.endpoint
+        else {
+            return None;
+        };
+        let endpoint = Endpoint::Service {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            port: *port,
+        };
+        Some(configuration::configurations(
+            &self.configuration_name,
+            registrations,
+            &endpoint,
+            None,
+        ))
+    }
+
     /// Binds, loads the certificate, serves `handlers`, writes the webhook configurations, and
     /// keeps the certificate current until [`Running::stop`].
     pub(crate) async fn start(
