@@ -35,9 +35,13 @@ pub struct SampleSpec {
     /// While true, `apply` never returns (a hung handler).
     #[serde(default)]
     pub hang: bool,
-    /// Fail with this message (a handler error), e.g. a huge one.
+    /// Fail with this message (a handler error).
     #[serde(default)]
     pub fail: Option<String>,
+    /// The `fail` message repeated this many times: a huge error from a small spec (etcd would
+    /// not store a 2 MiB spec).
+    #[serde(default)]
+    pub fail_repeat: Option<u32>,
 }
 
 /// What the operator reports.
@@ -131,7 +135,8 @@ impl Samples {
             std::future::pending::<()>().await;
         }
         if let Some(message) = &sample.spec.fail {
-            return Err(SampleError::Asked(message.clone()).into());
+            let times = sample.spec.fail_repeat.unwrap_or(1) as usize;
+            return Err(SampleError::Asked(message.repeat(times)).into());
         }
         if !self.work.is_zero() {
             tokio::time::sleep(self.work).await;

@@ -32,7 +32,7 @@ use serde_json::json;
 
 use crate::{
     operations::http_get,
-    support::{init_tracing, install_loosened_crd, malformed},
+    support::{CapturedLogs, init_tracing, install_loosened_crd, malformed},
 };
 
 /// How long a scenario may take to converge before it fails.
@@ -54,6 +54,7 @@ fn sample(name: &str, value: i32) -> Sample {
             value,
             hang: false,
             fail: None,
+            fail_repeat: None,
         },
     )
 }
@@ -357,9 +358,10 @@ async fn hung_handlers_cost_a_slot_for_at_most_the_reconcile_timeout() {
     operator.stop().await;
 }
 
-/// SIGTERM (the shutdown signal) with four hung handlers and work queued: the loop returns
-/// within the shutdown deadline (+1 s), counts the four cancelled reconciles, and a restarted
-/// operator converges everything.
+/// SIGTERM (the shutdown signal) with four hung handlers and work queued: first `/readyz` is 503
+/// (no reconcile finished for longer than `stalled_after` while work is queued) and `/healthz`
+/// stays 200; then the loop returns within the shutdown deadline (+1 s), counts the four
+/// cancelled reconciles, and a restarted operator converges everything.
 #[tokio::test]
 async fn shutdown_under_load_with_hung_handlers_is_bounded() {
     init_tracing();
@@ -370,6 +372,7 @@ async fn shutdown_under_load_with_hung_handlers_is_bounded() {
         o.concurrency(4)
             .reconcile_timeout(Duration::from_secs(120))
             .shutdown_timeout(deadline)
+            .stalled_after(Duration::from_secs(2))
     });
     let api = samples(&client);
     for i in 0..4 {
@@ -383,6 +386,27 @@ async fn shutdown_under_load_with_hung_handlers_is_bounded() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let names = create_many(&client, "load", 40, 3).await;
+    let stalled = loop {
+        let (code, body) = http_get(operator.addr, "/readyz").await;
+        if code == 503 {
+            break body;
+        }
+        assert!(
+            started.elapsed() < CONVERGE,
+            "/readyz never reported the stall: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        stalled.contains("no reconcile has finished for"),
+        "{stalled}"
+    );
+    assert_eq!(http_get(operator.addr, "/healthz").await.0, 200);
+    eprintln!(
+        "stalled (4 hung handlers, 40 queued): /readyz 503 {:?} after the hung handlers started: {}",
+        started.elapsed(),
+        stalled.trim()
+    );
     let metrics = operator.metrics.clone();
     let took = operator.stop().await;
     let cancelled = metric(
@@ -475,13 +499,15 @@ const UNREADY_AFTER: Duration = Duration::from_secs(2);
 
 /// The API server is killed for 5 s and started again on the same address and certificates;
 /// `/readyz` is 503 (naming the failing watch) while it is down for longer than the
-/// operator's `unready_after`, and 200 again after it is back.
+/// operator's `unready_after`, and 200 again after it is back. A second operator started while
+/// the server is down (its start-up discovery refused) retries and becomes ready once the
+/// server answers, instead of exiting.
 #[tokio::test]
 async fn apiserver_restart() {
     outage_scenario("apiserver killed 5 s", |mut env, health| async move {
         env.stop_apiserver().unwrap();
         let stopped = Instant::now();
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
         let (code, body) = http_get(health, "/readyz").await;
         assert_eq!(code, 503, "/readyz during the outage: {body}");
         assert!(body.contains("failing for"), "{body}");
@@ -489,6 +515,13 @@ async fn apiserver_restart() {
             "apiserver killed: /readyz {code} {:?} after the kill: {}",
             stopped.elapsed(),
             body.trim()
+        );
+        // In a namespace of its own: it lists nothing, reconciles nothing.
+        let late = Running::start(env.client(), |o| o.namespaces(["startup"]));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            !late.task.is_finished(),
+            "an operator started during the outage exited"
         );
         env.start_apiserver().await.unwrap();
         let answering = Instant::now();
@@ -500,6 +533,21 @@ async fn apiserver_restart() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         eprintln!("apiserver killed: /readyz 200 again {ready:?} after it answered");
+        let late_ready = loop {
+            if late.ready().await {
+                break answering.elapsed();
+            }
+            assert!(
+                !late.task.is_finished(),
+                "the operator started during the outage exited"
+            );
+            assert!(answering.elapsed() < CONVERGE, "started during the outage: never ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        late.stop().await;
+        eprintln!(
+            "apiserver killed: an operator started 2 s before the restart is ready {late_ready:?} after the server answered"
+        );
         (env, answering)
     })
     .await;
@@ -519,13 +567,46 @@ async fn etcd_restart() {
 }
 
 /// The API server is paused (SIGSTOP) for 10 s: requests stall instead of failing; each has a
-/// deadline, so nothing hangs for good.
+/// deadline, so nothing hangs for good. Nothing fails either, the watches only go quiet: the
+/// operator's heartbeat request goes unanswered, so `/readyz` is 503 once it waited longer than
+/// `unready_after` (`/healthz` stays 200), and 200 again after the resume.
 #[tokio::test]
 async fn apiserver_paused() {
-    outage_scenario("apiserver paused 10 s", |mut env, _| async move {
+    outage_scenario("apiserver paused 10 s", |mut env, health| async move {
         env.pause_apiserver().unwrap();
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        let paused = Instant::now();
+        let unready = loop {
+            let (code, body) = http_get(health, "/readyz").await;
+            if code == 503 {
+                break body;
+            }
+            assert!(
+                paused.elapsed() < Duration::from_secs(9),
+                "/readyz still {code} {:?} into the pause: {body}",
+                paused.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let detected = paused.elapsed();
+        assert!(unready.contains("has not answered"), "{unready}");
+        assert_eq!(http_get(health, "/healthz").await.0, 200);
+        tokio::time::sleep(Duration::from_secs(10).saturating_sub(paused.elapsed())).await;
+        let (code, body) = http_get(health, "/readyz").await;
+        assert_eq!(code, 503, "/readyz at the end of the pause: {body}");
         env.resume_apiserver().unwrap();
+        let resumed = Instant::now();
+        let ready = loop {
+            if http_get(health, "/readyz").await.0 == 200 {
+                break resumed.elapsed();
+            }
+            assert!(resumed.elapsed() < CONVERGE, "never ready again");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        eprintln!(
+            "apiserver paused: /readyz 503 {detected:?} into the pause (unready_after {UNREADY_AFTER:?}): {}; \
+             200 again {ready:?} after SIGCONT",
+            unready.trim()
+        );
         env.wait_until_ready().await.unwrap();
         let answering = Instant::now();
         (env, answering)
@@ -583,11 +664,16 @@ async fn set_values_one(api: &Api<Sample>, name: &str, value: i32) {
         .unwrap();
 }
 
-/// An object that does not decode (a string where the type has a number) among good ones: it is
-/// skipped, the others converge, the operator stays ready; deleted, it is gone.
+/// Bad objects among good ones. One does not decode (a string where the type has a number): it
+/// is skipped, the others converge, the operator stays ready; deleted, it is gone. One makes
+/// its handler fail with a 2 MiB error (`é` a million times): its status carries the message
+/// cut to 1,024 bytes at a character boundary with the full length noted, and every log line
+/// of its retries stays bounded (4 KiB of error); its spec fixed, it converges.
 #[tokio::test]
 async fn a_malformed_object_among_good_ones() {
+    const HUGE: &str = "huge-error";
     init_tracing();
+    let logs = CapturedLogs::start("warn,kuberator=debug");
     let env = env().await;
     let dynamic = install_loosened_crd::<Sample>(&env).await;
     let client = env.client();
@@ -596,17 +682,85 @@ async fn a_malformed_object_among_good_ones() {
         .await
         .unwrap();
     let operator = Running::start(client.clone(), |o| o.concurrency(4));
+    let api = samples(&client);
+    let mut huge = sample(HUGE, 4);
+    huge.spec.fail = Some("é".into());
+    huge.spec.fail_repeat = Some(1 << 20);
+    api.create(&PostParams::default(), &huge).await.unwrap();
     let names = create_many(&client, "good", 20, 4).await;
-    // 21 objects exist; the malformed one cannot be listed as a Sample, so delete it first.
+    // The huge error is recorded, and retried (with backoff: 1 s, 2 s) twice more.
+    let started = Instant::now();
+    let recorded = loop {
+        let error = api.get(HUGE).await.unwrap().status.and_then(|s| s.error);
+        if let Some(error) = error.filter(|_| operator.journal.applies(HUGE) >= 3) {
+            break error;
+        }
+        assert!(
+            started.elapsed() < CONVERGE,
+            "the huge error never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let full_length = 2 * (1 << 20);
+    let message = &recorded.message;
+    assert!(
+        message.len() <= kuberator::status::STATUS_MESSAGE_MAX_BYTES,
+        "status message of {} bytes",
+        message.len()
+    );
+    assert!(
+        message.starts_with("éé") && message.ends_with(" bytes in all)"),
+        "{message}"
+    );
+    let noted: usize = message
+        .rsplit('(')
+        .next()
+        .and_then(|tail| tail.split(' ').next()?.parse().ok())
+        .expect("the full length is noted");
+    assert!(noted >= full_length, "{noted} bytes noted");
+    let lines = logs.lines();
+    let failed: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("reconcile failed") && l.contains(HUGE))
+        .collect();
+    let longest = lines.iter().map(String::len).max().unwrap_or(0);
+    let logged: usize = lines
+        .iter()
+        .filter(|l| l.contains("éé"))
+        .map(String::len)
+        .sum();
+    assert!(
+        failed.len() >= 3,
+        "{} 'reconcile failed' lines for {HUGE}",
+        failed.len()
+    );
+    assert!(
+        failed.iter().all(|l| l.contains("bytes in all)")),
+        "a logged error was not cut"
+    );
+    assert!(longest <= 8 * 1024, "a log line of {longest} bytes");
+    // The malformed object cannot be listed as a Sample, so delete it first; fix the huge one.
     dynamic
         .delete("malformed", &DeleteParams::default())
         .await
         .unwrap();
-    let converged = converge(&client, 20, &operator, "malformed object").await;
+    let patch = json!({ "spec": { "fail": null, "failRepeat": null } });
+    api.patch(HUGE, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let converged = converge(&client, 21, &operator, "bad objects").await;
     assert_eq!(operator.journal.applies("malformed"), 0);
     eprintln!(
         "malformed: 20 good objects converged in {converged:?}; the malformed one applied 0 times; applies per object {:?}",
         per_object(&operator.journal, &names)
+    );
+    eprintln!(
+        "2 MiB error ({full_length} bytes): status message {} bytes (full length {noted} noted); \
+         {} applies, {} 'reconcile failed' lines, longest log line {longest} bytes, \
+         {logged} bytes of log carrying the error in all",
+        message.len(),
+        operator.journal.applies(HUGE),
+        failed.len(),
     );
     operator.stop().await;
 }

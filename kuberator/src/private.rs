@@ -73,7 +73,10 @@ where
     fn record<'a>(&self, ctx: &'a Ctx<R>, object: &'a R, error: &'a Error) -> BoxFuture<'a> {
         Box::pin(async move {
             if let Err(e) = ctx.repository().record_error(object, Some(error)).await {
-                tracing::warn!(error = %e, "cannot record the reconcile error in status");
+                tracing::warn!(
+                    error = %crate::status::bounded(e.to_string(), crate::status::LOG_ERROR_MAX_BYTES),
+                    "cannot record the reconcile error in status"
+                );
             }
         })
     }

@@ -68,6 +68,10 @@ impl FromStatusError for String {
 /// would not fit in the object (etcd's request limit is 1.5 MiB).
 pub const STATUS_MESSAGE_MAX_BYTES: usize = 1024;
 
+/// The longest error message in a log line (4 KiB; a retried 2 MiB error would otherwise log
+/// 2 MiB per retry).
+pub(crate) const LOG_ERROR_MAX_BYTES: usize = 4096;
+
 /// `message` cut to at most `max` bytes at a character boundary, ending in
 /// `… (<n> bytes in all)` when it was cut.
 ///

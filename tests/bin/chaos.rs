@@ -121,6 +121,7 @@ fn sample(name: &str, value: i32) -> Sample {
             value,
             hang: false,
             fail: None,
+            fail_repeat: None,
         },
     )
 }

@@ -1,7 +1,9 @@
 //! `Manager`: many controllers in one process, sharing one leader election, one metrics registry,
 //! one health server, one start-up permission check and one shutdown.
 
-use std::{collections::BTreeMap, future::Future, net::SocketAddr, pin::Pin, sync::Arc};
+use std::{
+    collections::BTreeMap, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration,
+};
 
 use futures::{
     FutureExt,
@@ -19,9 +21,18 @@ use super::{
     shutdown::shutdown_signal,
 };
 use crate::{
-    error::Result,
+    error::{Error, Result},
     manifests::{Rbac, check_permissions},
 };
+
+/// How long the start-up checks (discovery of the watched kinds, permissions) retry an API
+/// server that does not answer yet (connection refused, no answer in time, 5xx, 429) before
+/// [`Manager::run`] gives up: 60 s. A definite answer (403, a kind not served) fails at once.
+pub const STARTUP_RETRY_FOR: Duration = Duration::from_secs(60);
+/// The first wait between start-up attempts; doubles up to [`STARTUP_RETRY_MAX_DELAY`].
+const STARTUP_RETRY_DELAY: Duration = Duration::from_millis(200);
+/// The longest wait between start-up attempts.
+const STARTUP_RETRY_MAX_DELAY: Duration = Duration::from_secs(5);
 
 pub(crate) type BoxedShutdown = Shared<Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>>>;
 
@@ -346,6 +357,11 @@ impl Manager {
     /// webhooks that cannot be served (no server, port taken, certificate Secret or webhook
     /// configurations that cannot be written).
     ///
+    /// The start-up checks (discovery, permissions) retry transient failures — no connection,
+    /// no answer in time, `5xx`, `429` — with backoff for up to [`STARTUP_RETRY_FOR`], so that
+    /// an operator started while the API server restarts waits for it; a `403`, a `404` or a
+    /// kind that is not served fails at once.
+    ///
     /// # Access control
     /// What each controller needs (see [`Operator::run`](crate::Operator::run)); leases with
     /// leader election; with webhooks, see [`crate::webhook`].
@@ -355,11 +371,13 @@ impl Manager {
             controllers,
             settings,
         } = self;
-        if let Err(error) = check_served(&client, &settings.served).await {
+        if let Err(error) =
+            retry_transient("discovery", || check_served(&client, &settings.served)).await
+        {
             return Err(name_controllers(error, &settings.watched_by));
         }
         if let Some(rbac) = &settings.permissions {
-            check_permissions(&client, rbac).await?;
+            retry_transient("permission check", || check_permissions(&client, rbac)).await?;
         }
         let metrics = match (settings.metrics, settings.health) {
             (Some(metrics), _) => Some(metrics),
@@ -471,6 +489,49 @@ impl Manager {
 }
 
 /// Prefixes a not-served error with the controllers that watch the kind.
+/// Runs `check` until it succeeds, fails for good, or [`STARTUP_RETRY_FOR`] has passed while it
+/// failed transiently (see [`is_transient`]).
+async fn retry_transient<T, F, Fut>(what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut delay = STARTUP_RETRY_DELAY;
+    loop {
+        match check().await {
+            Err(error) if is_transient(&error) && started.elapsed() + delay < STARTUP_RETRY_FOR => {
+                tracing::warn!(
+                    %error,
+                    retry_in = ?delay,
+                    waited = ?started.elapsed(),
+                    "{what} at start-up: the API server does not answer yet; retrying"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(STARTUP_RETRY_MAX_DELAY);
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Whether `error` may go away by itself: no connection or no answer in time (the API server is
+/// starting or restarting), `5xx`, `429`. Any other answer (403, 404, …) is definite.
+fn is_transient(error: &Error) -> bool {
+    let (Error::Client { source, .. } | Error::Kube { source, .. }) = error else {
+        return false;
+    };
+    match source.as_ref() {
+        kube::Error::Api(status) => status.code == 429 || status.code >= 500,
+        kube::Error::HyperError(_) => true,
+        kube::Error::Service(_) => !matches!(
+            super::request::request_error(source),
+            Some(super::request::RequestError::NotLeader { .. })
+        ),
+        _ => false,
+    }
+}
+
 fn name_controllers(error: crate::Error, watched_by: &[(WatchedKind, String)]) -> crate::Error {
     match error {
         crate::Error::NotServed { resource, message } => {
@@ -567,4 +628,57 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16) -> Error {
+        Error::client(
+            "discovering v1",
+            kube::Error::Api(
+                kube::core::Status::failure("answer", "Reason")
+                    .with_code(code)
+                    .boxed(),
+            ),
+        )
+    }
+
+    #[test]
+    fn transient_start_up_errors_are_retried_definite_ones_are_not() {
+        assert!(is_transient(&api(503)) && is_transient(&api(500)) && is_transient(&api(429)));
+        assert!(!is_transient(&api(403)) && !is_transient(&api(404)) && !is_transient(&api(401)));
+        let refused = Error::client(
+            "discovering v1",
+            kube::Error::Service("connection refused".into()),
+        );
+        assert!(is_transient(&refused));
+        let not_served = Error::NotServed {
+            resource: "things.x.dev".into(),
+            message: "CRD things.x.dev is not installed".into(),
+        };
+        assert!(!is_transient(&not_served));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_are_retried_for_a_bounded_time() {
+        let mut attempts = 0;
+        let result: Result<()> = retry_transient("discovery", || {
+            attempts += 1;
+            std::future::ready(Err(api(503)))
+        })
+        .await;
+        assert!(result.is_err());
+        // 200 ms doubling to 5 s within 60 s: 0.2+0.4+0.8+1.6+3.2 = 6.2 s, then 5 s steps.
+        assert_eq!(attempts, 16, "attempts within {STARTUP_RETRY_FOR:?}");
+        let mut calls = 0;
+        let definite: Result<()> = retry_transient("discovery", || {
+            calls += 1;
+            std::future::ready(Err(api(403)))
+        })
+        .await;
+        assert!(definite.is_err());
+        assert_eq!(calls, 1);
+    }
 }

@@ -7,6 +7,7 @@ mod manager;
 pub mod metrics;
 mod operator;
 mod own_writes;
+mod progress;
 mod request;
 mod served;
 pub mod shard;
@@ -18,10 +19,11 @@ mod watch;
 pub use backoff::Backoff;
 pub use health::{HealthServer, Readiness};
 pub use leader::{LeaderElection, Leadership};
-pub use manager::{IntoController, Manager};
+pub use manager::{IntoController, Manager, STARTUP_RETRY_FOR};
 pub use metrics::{ControllerMetrics, Metrics};
 pub use operator::{DEFAULT_SHUTDOWN_TIMEOUT, Operator, Reconciler, default_error_policy};
 pub use own_writes::{OwnWrite, OwnWrites};
+pub use progress::DEFAULT_STALLED_AFTER;
 pub use request::{
     DEFAULT_REQUEST_TIMEOUT, DEFAULT_UNREADY_AFTER, MAX_RETRY_AFTER, RequestError, RequestGuard,
     THROTTLE_LOG_INTERVAL, client_without_retry, request_error,

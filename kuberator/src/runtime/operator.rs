@@ -36,6 +36,7 @@ use super::{
     },
     metrics::{ControllerMetrics, Metrics},
     own_writes::OwnWrites,
+    progress::{DEFAULT_STALLED_AFTER, Progress},
     request::RequestGuard,
     served::WatchedKind,
     shard::{Admission, Sharding, Shards},
@@ -147,16 +148,13 @@ pub struct Operator<R: Object> {
     check_served: bool,
     reconcile_timeout: Option<Duration>,
     shutdown_timeout: Option<Duration>,
+    stalled_after: Option<Duration>,
     guard: RequestGuard,
     own_writes: OwnWrites,
     webhooks: crate::webhook::Settings,
     release_undecodable: Option<String>,
     events: Option<crate::events::EventRecorder>,
 }
-
-/// The longest error message in the "reconcile failed" log line (4 KiB; a retried 2 MiB error
-/// would otherwise log 2 MiB per retry).
-const LOG_ERROR_MAX_BYTES: usize = 4096;
 
 /// controller-runtime's default graceful-shutdown timeout: 30 s.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -191,6 +189,7 @@ where
             check_served: true,
             reconcile_timeout: Some(DEFAULT_RECONCILE_TIMEOUT),
             shutdown_timeout: Some(DEFAULT_SHUTDOWN_TIMEOUT),
+            stalled_after: Some(DEFAULT_STALLED_AFTER),
             guard: RequestGuard::new(),
             own_writes: OwnWrites::new(),
             webhooks: crate::webhook::Settings::default(),
@@ -458,6 +457,20 @@ impl<R: Object> Operator<R> {
         self
     }
 
+    /// How long reconciles may be queued or running without a single one finishing before
+    /// `/readyz` answers 503 naming the stalled controller (default
+    /// [`DEFAULT_STALLED_AFTER`](crate::runtime::DEFAULT_STALLED_AFTER), 2 minutes; `None`:
+    /// never). Every finished reconcile counts as progress, whether it succeeded, failed or
+    /// timed out; an idle controller is never stalled. Keep it above the longest reconcile you
+    /// expect to run alone. Like [`unready_after`](Self::unready_after) this is readiness only:
+    /// `/healthz` (liveness) stays 200, so a stall takes the pod out of service instead of
+    /// getting it restarted.
+    #[must_use]
+    pub fn stalled_after(mut self, after: impl Into<Option<Duration>>) -> Self {
+        self.stalled_after = after.into();
+        self
+    }
+
     /// The deadline of each API request made through the operator's [`guard`](Self::guard)
     /// (a [`Ctx`](crate::Ctx)'s client; default
     /// [`DEFAULT_REQUEST_TIMEOUT`](crate::runtime::DEFAULT_REQUEST_TIMEOUT), 30 s; `None`:
@@ -486,8 +499,10 @@ impl<R: Object> Operator<R> {
         self
     }
 
-    /// How long the watches may keep failing (API server unreachable, 5xx, throttled lists)
-    /// before `/readyz` answers 503 naming the failing watch (default
+    /// How long the watches may keep failing (API server unreachable, 5xx, throttled lists) or
+    /// the API server may leave a request unanswered (a paused server: the operator asks for
+    /// `/version` every `after / 2`, at most every 5 s) before `/readyz` answers 503 naming
+    /// the failing watch (default
     /// [`DEFAULT_UNREADY_AFTER`](crate::runtime::DEFAULT_UNREADY_AFTER), 10 s). It is 200 again
     /// as soon as they succeed. `/healthz` is not affected: an API server outage takes the pod
     /// out of service, it does not get it restarted.
@@ -630,6 +645,20 @@ impl<R: Object> ManagedController for Operator<R> {
         let watch_client = this.guard.watch_client(services.client.clone());
         let guard = this.guard.clone();
         services.readiness.add_check(move || guard.unreachable());
+        // A paused API server fails nothing, it only stops answering: a request of our own
+        // notices.
+        let heartbeat = {
+            let (guard, client) = (this.guard.clone(), watch_client.clone());
+            async move { guard.heartbeat(client).await }
+        };
+        let progress = Arc::new(Progress::new(this.stalled_after));
+        let stalled = progress.clone();
+        let controller = name.clone();
+        services.readiness.add_check(move || {
+            stalled
+                .stalled()
+                .map(|problem| format!("controller {controller}: {problem}"))
+        });
         let undecodable = OnUndecodable {
             finalizer: this.release_undecodable,
             events: this.events,
@@ -668,6 +697,7 @@ impl<R: Object> ManagedController for Operator<R> {
             leadership: services.leadership.clone(),
             reconcile_timeout: this.reconcile_timeout,
             in_flight: std::sync::atomic::AtomicU64::new(0),
+            progress,
             stores: subscribed
                 .iter()
                 .map(|(_, reader, _)| reader.clone())
@@ -735,8 +765,10 @@ impl<R: Object> ManagedController for Operator<R> {
             });
             // With sharding: `kuberator_shard_objects` from the cache, every few seconds.
             let mut census = tokio::time::interval(Duration::from_secs(2));
+            let mut heartbeat = std::pin::pin!(heartbeat);
             loop {
                 tokio::select! {
+                    () = &mut heartbeat => {}
                     _ = census.tick(), if shared.shards.is_some() => {
                         if let Some(shards) = &shared.shards {
                             let objects: Vec<Arc<R>> =
@@ -779,7 +811,12 @@ fn log_result<R: Object>(
         }
         Err(kube::runtime::controller::Error::ReconcilerFailed(error, object)) => {
             // Logged with its context where it happened; this is the controller's echo.
-            tracing::debug!(controller = %name, object = %object, error = %error, "reconcile failed");
+            tracing::debug!(
+                controller = %name,
+                object = %object,
+                error = %crate::status::bounded(error.to_string(), crate::status::LOG_ERROR_MAX_BYTES),
+                "reconcile failed"
+            );
         }
         Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
             tracing::debug!(controller = %name, object = %object, "object gone before its reconcile");
@@ -836,6 +873,8 @@ struct LoopState<R: Object> {
     reconcile_timeout: Option<Duration>,
     /// Reconciles holding a slot right now.
     in_flight: std::sync::atomic::AtomicU64,
+    /// Reconciles queued or running, and when one last finished (`/readyz`'s stall check).
+    progress: Arc<Progress>,
     /// The caches of `R`, one per scope: a reconcile runs on the object they hold when it gets
     /// its slot, not on the one it was dispatched with.
     stores: Vec<reflector::Store<R>>,
@@ -896,6 +935,7 @@ async fn reconcile<R: Object>(object: Arc<R>, shared: Arc<LoopState<R>>) -> Resu
 
 async fn reconcile_counted<R: Object>(object: Arc<R>, shared: Arc<LoopState<R>>) -> Result<Action> {
     // The controller bounds concurrency per scope; the semaphore bounds it across scopes.
+    let _working = shared.progress.enter();
     let queued = shared.metrics.as_ref().map(ControllerMetrics::queued);
     let _permit = shared.permits.clone().acquire_owned().await;
     drop(queued);
@@ -954,7 +994,7 @@ async fn reconcile_counted<R: Object>(object: Arc<R>, shared: Arc<LoopState<R>>)
             async {
                 tracing::warn!(
                     object = %display_ref(object.as_ref()),
-                    error = %crate::status::bounded(error.to_string(), LOG_ERROR_MAX_BYTES),
+                    error = %crate::status::bounded(error.to_string(), crate::status::LOG_ERROR_MAX_BYTES),
                     reason = %error.reason(),
                     "reconcile failed"
                 );

@@ -16,8 +16,12 @@
 //!
 //! A client from [`RequestGuard::watch_client`] (what the operator's watches use) also records,
 //! per watched path, since when its requests fail (no connection, no answer in time, 5xx or
-//! 429): [`RequestGuard::unreachable`] turns that into the operator's `/readyz` answer once a
-//! watch has failed for longer than [`RequestGuard::unready_after`].
+//! 429), and which of its requests are still waiting for an answer: [`RequestGuard::unreachable`]
+//! turns that into the operator's `/readyz` answer once a watch has failed, or a request has
+//! waited, for longer than [`RequestGuard::unready_after`]. A paused (SIGSTOPped) API server
+//! fails nothing, its open watches just go quiet; the operator's heartbeat, a `GET /version`
+//! every `unready_after / 2` (at most every 5 s) through the same client, is the request that
+//! waits.
 //!
 //! kube-rs clients built with `Config::default_retry = true` (the default) retry 429s
 //! themselves, silently, for up to 15 tries with a delay doubling from 5 ms to 1000 s; the
@@ -108,6 +112,9 @@ struct Inner {
     unready_after_ms: AtomicU64,
     /// The watched paths whose last request failed: since when, and the last error.
     failing: Mutex<std::collections::BTreeMap<String, (Instant, String)>>,
+    /// The tracked requests without an answer yet: method and path, and since when.
+    waiting: Mutex<std::collections::BTreeMap<u64, (String, Instant)>>,
+    next_request: AtomicU64,
 }
 
 impl Default for Inner {
@@ -121,6 +128,8 @@ impl Default for Inner {
             last_throttle_log: Mutex::new(None),
             unready_after_ms: AtomicU64::new(millis(DEFAULT_UNREADY_AFTER)),
             failing: Mutex::new(std::collections::BTreeMap::new()),
+            waiting: Mutex::new(std::collections::BTreeMap::new()),
+            next_request: AtomicU64::new(0),
         }
     }
 }
@@ -244,8 +253,11 @@ impl RequestGuard {
                     return guard.send(&client, request).await;
                 }
                 let path = request.uri().path().to_owned();
+                let started = Instant::now();
+                let waiting = guard.wait_for(format!("{} {path}", request.method()), started);
                 let result = guard.send(&client, request).await;
-                guard.track(path, &result);
+                drop(waiting);
+                guard.track(path, started, &result);
                 result
             }
         });
@@ -278,21 +290,64 @@ impl RequestGuard {
             .failing
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let stale: Vec<String> = failing
+        let mut stale: Vec<String> = failing
             .iter()
             .filter(|(_, (since, _))| now.duration_since(*since) >= after)
             .map(|(path, (since, error))| {
                 format!(
-                    "the watch of {path} has been failing for {:.1} s: {error}",
+                    "requests to {path} have been failing for {:.1} s: {error}",
                     now.duration_since(*since).as_secs_f64()
                 )
             })
             .collect();
+        drop(failing);
+        let waiting = self
+            .inner
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // The longest-waiting request is enough to name.
+        if let Some((request, since)) = waiting
+            .values()
+            .filter(|(_, since)| now.duration_since(*since) >= after)
+            .min_by_key(|(_, since)| *since)
+        {
+            stale.push(format!(
+                "the API server has not answered {request} for {:.1} s",
+                now.duration_since(*since).as_secs_f64()
+            ));
+        }
         (!stale.is_empty()).then(|| stale.join("; "))
     }
 
-    /// Records the outcome of a watch or list request of `path`.
-    fn track(&self, path: String, result: &Result<Response<Body>, kube::Error>) {
+    /// Asks the API server for `/version` through `client` (a [`watch_client`](Self::watch_client))
+    /// every `unready_after / 2` (between 250 ms and 5 s), forever: a server that stops
+    /// answering (paused) leaves the request waiting, which [`unreachable`](Self::unreachable)
+    /// reports once it waited for longer than `unready_after`.
+    pub(crate) async fn heartbeat(&self, client: Client) {
+        loop {
+            let interval = (self.unready_after() / 2)
+                .clamp(Duration::from_millis(250), Duration::from_secs(5));
+            tokio::time::sleep(interval).await;
+            if let Err(error) = client.apiserver_version().await {
+                tracing::debug!(%error, "heartbeat: the API server did not answer GET /version");
+            }
+        }
+    }
+
+    /// Counts `request` as waiting for an answer until the returned guard drops.
+    fn wait_for(&self, request: String, since: Instant) -> Waiting<'_> {
+        let id = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, (request, since));
+        Waiting { guard: self, id }
+    }
+
+    /// Records the outcome of a watch or list request of `path` sent at `started`.
+    fn track(&self, path: String, started: Instant, result: &Result<Response<Body>, kube::Error>) {
         let problem = match result {
             Ok(response) if response.status().is_server_error() => {
                 Some(format!("HTTP {}", response.status()))
@@ -313,9 +368,10 @@ impl RequestGuard {
                 failing.remove(&path);
             }
             Some(problem) => {
+                // Failing since the request was sent (a timeout waited all that time).
                 let since = failing
                     .get(&path)
-                    .map_or_else(Instant::now, |(since, _)| *since);
+                    .map_or(started, |(since, _)| (*since).min(started));
                 failing.insert(path, (since, problem));
             }
         }
@@ -397,6 +453,23 @@ impl RequestGuard {
                 "the API server is throttling this operator (429 Too Many Requests)"
             );
         }
+    }
+}
+
+/// A tracked request waiting for its answer (also when its future is dropped unanswered).
+struct Waiting<'a> {
+    guard: &'a RequestGuard,
+    id: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.guard
+            .inner
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
     }
 }
 
@@ -573,6 +646,37 @@ mod tests {
         request.await.unwrap().unwrap();
         assert_eq!(guard.unreachable(), None);
         assert!(guard.inner.failing.lock().unwrap().is_empty(), "bounded");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_heartbeat_makes_the_guard_unreachable_after_the_threshold() {
+        let (inner, mut handle) = mock_client();
+        let guard = RequestGuard::new();
+        guard.set_unready_after(Duration::from_secs(10));
+        let heartbeat = tokio::spawn({
+            let (guard, client) = (guard.clone(), guard.watch_client(inner));
+            async move { guard.heartbeat(client).await }
+        });
+        // The first heartbeat after unready_after / 2; a paused server never answers it.
+        let (request, respond) = handle.next_request().await.unwrap();
+        assert_eq!(request.uri().path(), "/version");
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert_eq!(guard.unreachable(), None);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let problem = guard.unreachable().expect("unanswered for 10 s");
+        assert!(
+            problem.contains("has not answered GET /version for 10.0 s"),
+            "{problem}"
+        );
+        // Resumed, it answers: ready again.
+        let version = serde_json::json!({"major": "1", "minor": "36", "gitVersion": "v1.36.3",
+            "gitCommit": "", "gitTreeState": "", "buildDate": "", "goVersion": "",
+            "compiler": "", "platform": ""});
+        respond.send_response(Response::new(Body::from(version.to_string().into_bytes())));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(guard.unreachable(), None);
+        assert!(guard.inner.waiting.lock().unwrap().is_empty(), "bounded");
+        heartbeat.abort();
     }
 
     #[test]
