@@ -57,7 +57,7 @@ pub(crate) struct OperatorArgs {
     pub(crate) labels: Option<Keyed<LitStr>>,
     pub(crate) events: Option<Keyed<LitStr>>,
     pub(crate) leader_election: Option<Keyed<LitStr>>,
-    pub(crate) health: Option<Keyed<LitStr>>,
+    pub(crate) health: Option<Keyed<HealthValue>>,
     pub(crate) webhooks: Option<Keyed<LitStr>>,
     pub(crate) krate: Option<Keyed<Path>>,
 }
@@ -67,6 +67,127 @@ pub(crate) struct OperatorArgs {
 pub(crate) enum FinalizerValue {
     Literal(LitStr),
     Const(Path),
+}
+
+/// `health = "0.0.0.0:8080"`, or `health(addr = "0.0.0.0:8080", liveness = "/health",
+/// readiness = "/ready", metrics = "/metrics", route("/", index))`.
+#[derive(Default)]
+pub(crate) struct HealthValue {
+    /// The address; `None` only in the list form without `addr` (reported by the model, at
+    /// `list`).
+    pub(crate) addr: Option<LitStr>,
+    pub(crate) liveness: Option<LitStr>,
+    pub(crate) readiness: Option<LitStr>,
+    pub(crate) metrics: Option<LitStr>,
+    /// Each extra route: its path and the handler's path.
+    pub(crate) routes: Vec<(LitStr, Path)>,
+    /// The `health(...)` list, to point at when `addr` is missing.
+    pub(crate) list: Option<Meta>,
+}
+
+/// The keys inside `health(...)`.
+const HEALTH_KEYS: [&str; 5] = ["addr", "liveness", "readiness", "metrics", "route"];
+
+fn health_value(meta: &Meta) -> darling::Result<HealthValue> {
+    let tokens = match meta {
+        Meta::NameValue(nv) => {
+            return string(&nv.value, "health").map(|addr| HealthValue {
+                addr: Some(addr),
+                ..HealthValue::default()
+            });
+        }
+        Meta::List(list) => list.tokens.clone(),
+        Meta::Path(_) => return Err(wrong_form(meta)),
+    };
+    let items = NestedMeta::parse_meta_list(tokens)?;
+    let mut errors = Error::accumulator();
+    let mut value = HealthValue {
+        list: Some(meta.clone()),
+        ..HealthValue::default()
+    };
+    let expected = {
+        let keys: Vec<String> = HEALTH_KEYS.iter().map(|key| format!("`{key}`")).collect();
+        format!("expected one of {} in `health(...)`", keys.join(", "))
+    };
+    for item in &items {
+        let NestedMeta::Meta(inner) = item else {
+            errors.push(error_at(item, format!("expected `key = value`: {expected}")));
+            continue;
+        };
+        let key = source(inner.path());
+        let slot = match key.as_str() {
+            "addr" => &mut value.addr,
+            "liveness" => &mut value.liveness,
+            "readiness" => &mut value.readiness,
+            "metrics" => &mut value.metrics,
+            "route" => {
+                let route = list(inner).and_then(|tokens| {
+                    syn::parse::Parser::parse2(
+                        |input: syn::parse::ParseStream<'_>| {
+                            let path: LitStr = input.parse()?;
+                            input.parse::<Token![,]>()?;
+                            let handler: Path = input.parse()?;
+                            input.parse::<Option<Token![,]>>()?;
+                            Ok((path, handler))
+                        },
+                        tokens,
+                    )
+                    .map_err(|e| {
+                        error_at_span(
+                            e.span(),
+                            "expected a path and a handler function, like `route(\"/\", index)`",
+                        )
+                    })
+                });
+                if let Some(route) = errors.handle(route) {
+                    value.routes.push(route);
+                }
+                continue;
+            }
+            other => {
+                errors.push(error_at(
+                    inner.path(),
+                    unknown("key", other, &HEALTH_KEYS, &expected),
+                ));
+                continue;
+            }
+        };
+        let lit = match inner {
+            Meta::NameValue(nv) => match &nv.value {
+                Expr::Lit(ExprLit {
+                    lit: Lit::Str(lit), ..
+                }) => Ok(lit.clone()),
+                other => Err(error_at(
+                    other,
+                    format!("expected a string, like `{key} = {}`", health_example(&key)),
+                )),
+            },
+            _ => Err(error_at(
+                inner,
+                format!("expected `{key} = {}`", health_example(&key)),
+            )),
+        };
+        if let Some(lit) = errors.handle(lit) {
+            if slot.is_some() {
+                errors.push(error_at(
+                    inner.path(),
+                    format!("`{key}` is given twice in `health(...)`: keep one"),
+                ));
+            } else {
+                *slot = Some(lit);
+            }
+        }
+    }
+    errors.finish_with(value)
+}
+
+fn health_example(key: &str) -> &'static str {
+    match key {
+        "addr" => "\"0.0.0.0:8080\"",
+        "liveness" => "\"/health\"",
+        "readiness" => "\"/ready\"",
+        _ => "\"/metrics\"",
+    }
 }
 
 impl OperatorArgs {
@@ -268,7 +389,7 @@ impl OperatorArgs {
                     set(errors, &mut args.leader_election, path, value);
                 }
                 "health" => {
-                    let value = name_value(meta).and_then(|v| string(v, "health"));
+                    let value = health_value(meta);
                     set(errors, &mut args.health, path, value);
                 }
                 "webhooks" => {
@@ -370,7 +491,9 @@ pub(crate) fn example(key: &str) -> Option<&'static str> {
         "labels" => "labels = \"app=web\"",
         "events" => "events = \"website-operator\"",
         "leader_election" => "leader_election = \"website-operator\"",
-        "health" => "health = \"0.0.0.0:8080\"",
+        "health" => {
+            "health = \"0.0.0.0:8080\"` or `health(addr = \"0.0.0.0:8080\", liveness = \"/health\")"
+        }
         "webhooks" => "webhooks = \"website-webhooks\"",
         _ => return None,
     })

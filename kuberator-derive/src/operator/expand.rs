@@ -128,13 +128,33 @@ pub(crate) fn operator(op: &Operator, handlers: &[ImplItemFn]) -> TokenStream {
             ))
         }
     });
-    let health = op.health.as_ref().map(|addr| {
-        let addr = addr.as_str();
+    let health = op.health.as_ref().map(|health| {
+        let addr = health.addr.as_str();
+        let mut paths = Vec::new();
+        for (method, path) in [
+            ("liveness", &health.liveness),
+            ("readiness", &health.readiness),
+            ("metrics", &health.metrics),
+        ] {
+            if let Some(path) = path {
+                let method = format_ident!("{method}");
+                let path = path.as_str();
+                paths.push(quote!(.#method(#path)));
+            }
+        }
+        for (path, handler) in &health.routes {
+            let path = path.as_str();
+            paths.push(quote_spanned!(at(handler.span())=> .route(#path, #handler)));
+        }
+        let routes = (!paths.is_empty()).then(|| {
+            quote!(.health_routes(#root::runtime::HealthRoutes::new() #(#paths)*))
+        });
         quote! {
             .health(match #addr.parse() {
                 ::core::result::Result::Ok(addr) => addr,
                 ::core::result::Result::Err(_) => ::core::unreachable!("checked at compile time"),
             })
+            #routes
         }
     });
     let rbac_finalizer = op.finalizer.is_some();

@@ -39,8 +39,8 @@ pub(crate) struct Operator {
     pub(crate) events: Option<EventsComponent>,
     /// The Lease name, with leader election.
     pub(crate) leader_election: Option<LeaseName>,
-    /// The address of `/metrics`, `/healthz` and `/readyz`.
-    pub(crate) health: Option<HealthAddr>,
+    /// The address of `/metrics`, `/healthz` and `/readyz`, their paths and extra routes.
+    pub(crate) health: Option<Health>,
     /// The Service of the admission webhooks (`webhooks = …`), with the webhook methods.
     pub(crate) webhooks: Option<WebhookService>,
     /// `async fn validate(&self, new: &R, old: Option<&R>) -> Result<(), Denied>`.
@@ -172,7 +172,7 @@ impl Operator {
             .and_then(|keyed| errors.handle(LeaseName::new(&keyed.value)));
         let health = args
             .health
-            .and_then(|keyed| errors.handle(HealthAddr::new(&keyed.value)));
+            .and_then(|keyed| errors.handle(Health::new(&keyed.value)));
 
         // The handlers, checked against the resource's name.
         let resource_name = resource
@@ -1344,6 +1344,115 @@ impl WebhookService {
                 ),
             ))
         }
+    }
+}
+
+/// The health server: its address, paths and extra routes, each checked at compile time.
+pub(crate) struct Health {
+    pub(crate) addr: HealthAddr,
+    pub(crate) liveness: Option<HealthPath>,
+    pub(crate) readiness: Option<HealthPath>,
+    pub(crate) metrics: Option<HealthPath>,
+    pub(crate) routes: Vec<(HealthPath, Path)>,
+}
+
+impl Health {
+    fn new(value: &super::args::HealthValue) -> darling::Result<Self> {
+        let mut errors = Error::accumulator();
+        let addr = match (&value.addr, &value.list) {
+            (Some(addr), _) => errors.handle(HealthAddr::new(addr)),
+            (None, list) => {
+                errors.push(match list {
+                    Some(list) => error_at(
+                        list,
+                        "`health(...)` needs the address: add `addr = \"0.0.0.0:8080\"`",
+                    ),
+                    None => Error::custom("`health` needs an address"),
+                });
+                None
+            }
+        };
+        let mut seen: Vec<String> = Vec::new();
+        let mut path = |lit: &LitStr, errors: &mut darling::error::Accumulator| {
+            let checked = errors.handle(HealthPath::new(lit))?;
+            if seen.contains(&checked.0) {
+                errors.push(error_at(
+                    lit,
+                    format!(
+                        "health path `{}` is used twice: give each endpoint its own path",
+                        checked.0
+                    ),
+                ));
+                return None;
+            }
+            seen.push(checked.0.clone());
+            Some(checked)
+        };
+        let defaults = ["/healthz", "/readyz", "/metrics"];
+        let fixed = [&value.liveness, &value.readiness, &value.metrics];
+        let mut checked_fixed = Vec::new();
+        for (lit, default) in fixed.into_iter().zip(defaults) {
+            checked_fixed.push(match lit {
+                Some(lit) => path(lit, &mut errors),
+                None => {
+                    seen.push(default.to_owned());
+                    None
+                }
+            });
+        }
+        let routes: Vec<(HealthPath, Path)> = value
+            .routes
+            .iter()
+            .filter_map(|(lit, handler)| Some((path(lit, &mut errors)?, handler.clone())))
+            .collect();
+        let mut fixed = checked_fixed.into_iter();
+        let (liveness, readiness, metrics) = (
+            fixed.next().flatten(),
+            fixed.next().flatten(),
+            fixed.next().flatten(),
+        );
+        errors.finish()?;
+        match addr {
+            Some(addr) => Ok(Health {
+                addr,
+                liveness,
+                readiness,
+                metrics,
+                routes,
+            }),
+            None => Err(Error::custom("`health` needs an address")),
+        }
+    }
+}
+
+/// A path of the health server: starts with `/`, no query, fragment or whitespace (the rule of
+/// `HealthRoutes::check` in the runtime).
+pub(crate) struct HealthPath(String);
+
+impl HealthPath {
+    fn new(lit: &LitStr) -> darling::Result<Self> {
+        let path = lit.value();
+        if !path.starts_with('/') {
+            let suggestion = format!("/{}", path.trim());
+            return Err(error_at(
+                lit,
+                format!("health path `{path}` must start with `/`, like `{suggestion}`"),
+            ));
+        }
+        if path.contains(['?', '#']) || path.chars().any(char::is_whitespace) {
+            return Err(error_at(
+                lit,
+                format!(
+                    "health path `{path}` must be a plain path without query, fragment or \
+                     spaces, like `/health`"
+                ),
+            ));
+        }
+        Ok(HealthPath(path))
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
     }
 }
 

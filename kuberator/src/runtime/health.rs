@@ -1,11 +1,16 @@
-//! The operator's HTTP endpoint: `/metrics`, `/healthz` and `/readyz` on one address.
+//! The operator's HTTP endpoint: `/metrics`, `/healthz` and `/readyz` on one address, at paths
+//! of your choice, with extra routes of your own ([`HealthRoutes`]).
 
 use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
+use futures::future::BoxFuture;
+
 use anyhow::Context as _;
 use http_body_util::Full;
+pub use hyper::{Request, Response, StatusCode};
+
 use hyper::{
-    Method, Request, Response, StatusCode,
+    Method,
     body::{Bytes, Incoming},
     header,
     server::conn::http1,
@@ -136,6 +141,190 @@ impl Readiness {
 struct Probes {
     metrics: Option<Metrics>,
     readiness: Readiness,
+    routes: HealthRoutes,
+}
+
+/// A handler of an extra route: the request's head in, the response out.
+type RouteHandler =
+    Arc<dyn Fn(Request<()>) -> BoxFuture<'static, Response<String>> + Send + Sync>;
+
+/// The paths the [`HealthServer`] answers on: liveness (`/healthz`), readiness (`/readyz`) and
+/// metrics (`/metrics`) by default, each movable, plus extra routes of your own — e.g.
+/// kube-rs's controller-rs serves `/health`, `/metrics` and a JSON page on `/`.
+///
+/// Set it with [`Operator::health_routes`](crate::Operator::health_routes) (or
+/// [`Manager::health_routes`](super::Manager::health_routes)); the macro writes it for
+/// `health(addr = …, liveness = …, readiness = …, metrics = …, route("/", handler))`.
+///
+/// ```
+/// use kuberator::runtime::{HealthRoutes, health::{Request, Response}};
+///
+/// async fn index(_request: Request<()>) -> Response<String> {
+///     Response::new(r#"{"operator":"documents"}"#.to_owned())
+/// }
+///
+/// let routes = HealthRoutes::new()
+///     .liveness("/health")
+///     .readiness("/ready")
+///     .route("/", index);
+/// assert_eq!(routes.liveness_path(), "/health");
+/// assert_eq!(routes.metrics_path(), "/metrics"); // the default
+/// assert_eq!(routes.route_paths().collect::<Vec<_>>(), ["/"]);
+/// assert!(routes.check().is_ok());
+///
+/// // Paths are checked when the server binds (and by the macro at compile time):
+/// let error = HealthRoutes::new().liveness("health").check().unwrap_err();
+/// assert_eq!(error.to_string(), "health path `health` must start with `/`, like `/health`");
+/// ```
+///
+/// Extra routes answer `GET` and `HEAD` like the probes; a handler gets the request's head
+/// (method, URI with its query, headers) and returns the whole response.
+#[derive(Clone)]
+pub struct HealthRoutes {
+    liveness: String,
+    readiness: String,
+    metrics: String,
+    routes: Vec<(String, RouteHandler)>,
+}
+
+impl std::fmt::Debug for HealthRoutes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthRoutes")
+            .field("liveness", &self.liveness)
+            .field("readiness", &self.readiness)
+            .field("metrics", &self.metrics)
+            .field("routes", &self.route_paths().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Default for HealthRoutes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HealthRoutes {
+    /// `/healthz`, `/readyz` and `/metrics`, no extra routes.
+    pub fn new() -> Self {
+        HealthRoutes {
+            liveness: "/healthz".to_owned(),
+            readiness: "/readyz".to_owned(),
+            metrics: "/metrics".to_owned(),
+            routes: Vec::new(),
+        }
+    }
+
+    /// Serves liveness (`200 ok` while the process runs) on `path` instead of `/healthz`.
+    #[must_use]
+    pub fn liveness(mut self, path: impl Into<String>) -> Self {
+        self.liveness = path.into();
+        self
+    }
+
+    /// Serves readiness (see [`Readiness`]) on `path` instead of `/readyz`.
+    #[must_use]
+    pub fn readiness(mut self, path: impl Into<String>) -> Self {
+        self.readiness = path.into();
+        self
+    }
+
+    /// Serves the metrics on `path` instead of `/metrics`.
+    #[must_use]
+    pub fn metrics(mut self, path: impl Into<String>) -> Self {
+        self.metrics = path.into();
+        self
+    }
+
+    /// Answers `GET`/`HEAD` on `path` with `handler`'s response.
+    #[must_use]
+    pub fn route<F, Fut>(mut self, path: impl Into<String>, handler: F) -> Self
+    where
+        F: Fn(Request<()>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<String>> + Send + 'static,
+    {
+        let handler: RouteHandler = Arc::new(move |request| Box::pin(handler(request)));
+        self.routes.push((path.into(), handler));
+        self
+    }
+
+    /// The liveness path.
+    pub fn liveness_path(&self) -> &str {
+        &self.liveness
+    }
+
+    /// The readiness path.
+    pub fn readiness_path(&self) -> &str {
+        &self.readiness
+    }
+
+    /// The metrics path.
+    pub fn metrics_path(&self) -> &str {
+        &self.metrics
+    }
+
+    /// The paths of the extra routes, in the order they were added.
+    pub fn route_paths(&self) -> impl Iterator<Item = &str> {
+        self.routes.iter().map(|(path, _)| path.as_str())
+    }
+
+    /// Checks every path: it starts with `/`, has no query, fragment or whitespace, and no two
+    /// endpoints share one.
+    ///
+    /// # Errors
+    /// [`Error::Anyhow`](crate::Error::Anyhow) naming the first bad path and how to fix it.
+    pub fn check(&self) -> Result<()> {
+        let mut seen: Vec<&str> = Vec::new();
+        let fixed = [
+            self.liveness.as_str(),
+            self.readiness.as_str(),
+            self.metrics.as_str(),
+        ];
+        for path in fixed.into_iter().chain(self.route_paths()) {
+            if let Some(problem) = path_problem(path) {
+                return Err(anyhow::anyhow!("{problem}").into());
+            }
+            if seen.contains(&path) {
+                return Err(anyhow::anyhow!(
+                    "health path `{path}` is used twice: give each endpoint its own path"
+                )
+                .into());
+            }
+            seen.push(path);
+        }
+        Ok(())
+    }
+
+    /// The endpoints for the start-up log line, e.g. `/metrics, /healthz, /readyz`.
+    fn describe(&self) -> String {
+        let fixed = [
+            self.metrics.as_str(),
+            self.liveness.as_str(),
+            self.readiness.as_str(),
+        ];
+        fixed
+            .into_iter()
+            .chain(self.route_paths())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// What is wrong with a health path, in the words of the error (the macro checks the same rule
+/// at compile time).
+fn path_problem(path: &str) -> Option<String> {
+    let suggestion = format!("/{}", path.trim_start_matches('/').trim());
+    if !path.starts_with('/') {
+        Some(format!(
+            "health path `{path}` must start with `/`, like `{suggestion}`"
+        ))
+    } else if path.contains(['?', '#']) || path.chars().any(char::is_whitespace) {
+        Some(format!(
+            "health path `{path}` must be a plain path without query, fragment or spaces, like `/health`"
+        ))
+    } else {
+        None
+    }
 }
 
 /// The HTTP server behind `/metrics`, `/healthz` and `/readyz`, bound and ready to
@@ -145,6 +334,7 @@ struct Probes {
 /// - `GET /healthz`: `200 ok` while the process runs (liveness);
 /// - `GET /readyz`: `200 ok` once [`Readiness`] is set and none of its checks reports a problem,
 ///   `503` with the reasons otherwise (readiness);
+/// - other paths for these three and extra routes with [`routes`](HealthServer::routes);
 ///
 /// `HEAD` works on each; anything else is `404` or `405`. Plain HTTP/1.1, meant for the kubelet
 /// and Prometheus inside the cluster.
@@ -166,7 +356,7 @@ struct Probes {
 pub struct HealthServer {
     listener: TcpListener,
     local_addr: SocketAddr,
-    probes: Arc<Probes>,
+    probes: Probes,
 }
 
 impl std::fmt::Debug for HealthServer {
@@ -196,8 +386,22 @@ impl HealthServer {
         Ok(HealthServer {
             listener,
             local_addr,
-            probes: Arc::new(Probes { metrics, readiness }),
+            probes: Probes {
+                metrics,
+                readiness,
+                routes: HealthRoutes::new(),
+            },
         })
+    }
+
+    /// Serves on `routes`' paths (and its extra routes) instead of the defaults.
+    ///
+    /// # Errors
+    /// A bad path, as [`HealthRoutes::check`] says.
+    pub fn routes(mut self, routes: HealthRoutes) -> Result<HealthServer> {
+        routes.check()?;
+        self.probes.routes = routes;
+        Ok(self)
     }
 
     /// The bound address.
@@ -216,7 +420,8 @@ impl HealthServer {
             local_addr,
             probes,
         } = self;
-        tracing::info!(address = %local_addr, "serving /metrics, /healthz and /readyz");
+        let probes = Arc::new(probes);
+        tracing::info!(address = %local_addr, paths = %probes.routes.describe(), "health server listening");
         let graceful = GracefulShutdown::new();
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
@@ -226,7 +431,7 @@ impl HealthServer {
                         let probes = probes.clone();
                         let service = service_fn(move |request| {
                             let probes = probes.clone();
-                            async move { Ok::<_, Infallible>(respond(&probes, &request)) }
+                            async move { Ok::<_, Infallible>(respond(&probes, request).await) }
                         });
                         let connection = http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), service);
@@ -274,7 +479,7 @@ pub async fn serve(
         .await
 }
 
-fn respond(probes: &Probes, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(probes: &Probes, request: Request<Incoming>) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         response
@@ -282,8 +487,15 @@ fn respond(probes: &Probes, request: &Request<Incoming>) -> Response<Full<Bytes>
             .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
         return response;
     }
-    match request.uri().path() {
-        "/metrics" => match &probes.metrics {
+    let routes = &probes.routes;
+    let path = request.uri().path();
+    if let Some((_, handler)) = routes.routes.iter().find(|(route, _)| route == path) {
+        let (head, _body) = request.into_parts();
+        let (head, body) = handler(Request::from_parts(head, ())).await.into_parts();
+        return Response::from_parts(head, Full::new(Bytes::from(body)));
+    }
+    match path {
+        path if path == routes.metrics => match &probes.metrics {
             Some(metrics) => {
                 let mut response = Response::new(Full::new(Bytes::from(metrics.encode())));
                 response.headers_mut().insert(
@@ -294,8 +506,8 @@ fn respond(probes: &Probes, request: &Request<Incoming>) -> Response<Full<Bytes>
             }
             None => text(StatusCode::NOT_FOUND, "metrics are off\n"),
         },
-        "/healthz" | "/livez" => text(StatusCode::OK, "ok\n"),
-        "/readyz" => {
+        path if path == routes.liveness => text(StatusCode::OK, "ok\n"),
+        path if path == routes.readiness => {
             let flag = *probes.readiness.state.borrow();
             let problems = probes.readiness.problems();
             if flag && problems.is_empty() {
@@ -452,6 +664,77 @@ mod tests {
         assert!(readiness.is_ready());
         stop.send(()).unwrap();
         task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn paths_move_and_extra_routes_answer_with_their_handler() {
+        let readiness = Readiness::new();
+        let routes = HealthRoutes::new()
+            .liveness("/health")
+            .readiness("/health/ready")
+            .metrics("/prom")
+            .route("/", |request: Request<()>| async move {
+                let mut response = Response::new(format!("index {}", request.method()));
+                *response.status_mut() = StatusCode::ACCEPTED;
+                response
+            });
+        let server = HealthServer::bind(
+            ([127, 0, 0, 1], 0).into(),
+            Some(Metrics::new()),
+            readiness.clone(),
+        )
+        .await
+        .unwrap()
+        .routes(routes)
+        .unwrap();
+        let addr = server.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(async move {
+            let _ = stopped.await;
+        }));
+        readiness.set_ready(true);
+        assert_eq!(request(addr, "GET", "/health").await.0, 200);
+        assert_eq!(request(addr, "GET", "/health/ready").await.0, 200);
+        let (status, _, body) = request(addr, "GET", "/prom").await;
+        assert_eq!(status, 200);
+        assert!(body.ends_with("# EOF\n"), "{body}");
+        let (status, _, body) = request(addr, "GET", "/?q=1").await;
+        assert_eq!((status, body.as_str()), (202, "index GET"));
+        let (status, _, body) = request(addr, "HEAD", "/").await;
+        assert_eq!((status, body.as_str()), (202, ""));
+        for moved in ["/healthz", "/readyz", "/metrics"] {
+            assert_eq!(request(addr, "GET", moved).await.0, 404, "{moved}");
+        }
+        assert_eq!(request(addr, "POST", "/").await.0, 405);
+        stop.send(()).unwrap();
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn bad_paths_are_refused_with_the_fix() {
+        let check = |routes: HealthRoutes| routes.check().unwrap_err().to_string();
+        assert_eq!(
+            check(HealthRoutes::new().readiness("ready")),
+            "health path `ready` must start with `/`, like `/ready`"
+        );
+        assert_eq!(
+            check(HealthRoutes::new().metrics("/metrics?x")),
+            "health path `/metrics?x` must be a plain path without query, fragment or spaces, like `/health`"
+        );
+        assert_eq!(
+            check(HealthRoutes::new().liveness("/readyz")),
+            "health path `/readyz` is used twice: give each endpoint its own path"
+        );
+        let server = HealthServer::bind(([127, 0, 0, 1], 0).into(), None, Readiness::new())
+            .await
+            .unwrap();
+        assert!(
+            server
+                .routes(HealthRoutes::new().route("/healthz", |_| async {
+                    Response::new(String::new())
+                }))
+                .is_err()
+        );
     }
 
     #[tokio::test]

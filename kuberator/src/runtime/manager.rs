@@ -12,7 +12,7 @@ use futures::{
 use kube::Client;
 
 use super::{
-    health::{HealthServer, Readiness},
+    health::{HealthRoutes, HealthServer, Readiness},
     leader::{LeaderElection, Leadership},
     metrics::Metrics,
     served::{WatchedKind, check_served},
@@ -98,6 +98,7 @@ pub(crate) struct ProcessSettings {
     pub(crate) shutdown: Option<BoxedShutdown>,
     pub(crate) metrics: Option<Metrics>,
     pub(crate) health: Option<SocketAddr>,
+    pub(crate) health_routes: Option<HealthRoutes>,
     pub(crate) leader_election: Option<LeaderElection>,
     pub(crate) leadership: Option<Arc<Leadership>>,
     pub(crate) sharding: Option<Sharding>,
@@ -133,6 +134,12 @@ impl ProcessSettings {
             controller,
         );
         first(&mut self.health, other.health, "health address", controller);
+        first(
+            &mut self.health_routes,
+            other.health_routes,
+            "set of health routes",
+            controller,
+        );
         if self.leadership.is_none() {
             first(
                 &mut self.leader_election,
@@ -287,6 +294,14 @@ impl Manager {
         self
     }
 
+    /// The health server's paths and extra routes (see [`HealthRoutes`]; default: `/healthz`,
+    /// `/readyz`, `/metrics`). Takes effect with [`health`](Manager::health).
+    #[must_use]
+    pub fn health_routes(mut self, routes: HealthRoutes) -> Self {
+        self.settings.health_routes = Some(routes);
+        self
+    }
+
     /// Every controller reconciles only while the manager holds `election`'s Lease; standbys keep
     /// all caches warm.
     #[must_use]
@@ -379,6 +394,10 @@ impl Manager {
         if let Some(rbac) = &settings.permissions {
             retry_transient("permission check", || check_permissions(&client, rbac)).await?;
         }
+        // A bad path fails before anything starts, not after the first probe 404s.
+        if let Some(routes) = &settings.health_routes {
+            routes.check()?;
+        }
         let metrics = match (settings.metrics, settings.health) {
             (Some(metrics), _) => Some(metrics),
             (None, Some(_)) => Some(Metrics::new()),
@@ -455,8 +474,9 @@ impl Manager {
         );
         let roots = setup.watches.spawn(&services.readiness);
         if let Some(addr) = settings.health {
-            let server = HealthServer::bind(addr, metrics, readiness).await?;
-            tracing::info!(addr = %server.local_addr(), "serving /metrics, /healthz, /readyz");
+            let server = HealthServer::bind(addr, metrics, readiness)
+                .await?
+                .routes(settings.health_routes.unwrap_or_default())?;
             let stop = shutdown.clone();
             tokio::spawn(async move {
                 let stop = async move {

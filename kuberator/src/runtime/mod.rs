@@ -17,7 +17,7 @@ mod timeout;
 mod watch;
 
 pub use backoff::Backoff;
-pub use health::{HealthServer, Readiness};
+pub use health::{HealthRoutes, HealthServer, Readiness};
 pub use leader::{LeaderElection, Leadership};
 pub use manager::{IntoController, Manager, STARTUP_RETRY_FOR};
 pub use metrics::{ControllerMetrics, Metrics};

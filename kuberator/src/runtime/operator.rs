@@ -29,6 +29,7 @@ use tracing::Instrument;
 
 use super::{
     backoff::{Backoff, FailureCounts},
+    health::HealthRoutes,
     leader::{LeaderElection, Leadership},
     manager::{
         BoxedShutdown, Controller as ManagedController, IntoControllerSealed, Manager,
@@ -140,6 +141,7 @@ pub struct Operator<R: Object> {
     shutdown: Option<BoxedShutdown>,
     metrics: Option<Metrics>,
     health: Option<SocketAddr>,
+    health_routes: Option<HealthRoutes>,
     leader_election: Option<LeaderElection>,
     leadership: Option<Arc<Leadership>>,
     sharding: Option<Sharding>,
@@ -181,6 +183,7 @@ where
             shutdown: None,
             metrics: None,
             health: None,
+            health_routes: None,
             leader_election: None,
             leadership: None,
             sharding: None,
@@ -378,6 +381,45 @@ impl<R: Object> Operator<R> {
     #[must_use]
     pub fn health(mut self, addr: SocketAddr) -> Self {
         self.health = Some(addr);
+        self
+    }
+
+    /// Moves the health server's endpoints and adds routes of your own (see [`HealthRoutes`]);
+    /// takes effect with [`health`](Operator::health). Replaces earlier
+    /// [`route`](Operator::route)s.
+    ///
+    /// ```no_run
+    /// # use kuberator::{Operator, runtime::{HealthRoutes, health::{Request, Response}}};
+    /// # use k8s_openapi::api::core::v1::ConfigMap;
+    /// async fn index(_request: Request<()>) -> Response<String> {
+    ///     Response::new("configmap operator\n".to_owned())
+    /// }
+    /// # fn doc(operator: Operator<ConfigMap>) -> Operator<ConfigMap> {
+    /// // controller-rs's layout: `/health`, `/metrics` and a page on `/`.
+    /// operator
+    ///     .health(([0, 0, 0, 0], 8080).into())
+    ///     .health_routes(HealthRoutes::new().liveness("/health").readiness("/health/ready"))
+    ///     .route("/", index)
+    /// # }
+    /// ```
+    ///
+    /// A bad path (one not starting with `/`, or used twice) makes [`run`](Operator::run) fail
+    /// before anything starts.
+    #[must_use]
+    pub fn health_routes(mut self, routes: HealthRoutes) -> Self {
+        self.health_routes = Some(routes);
+        self
+    }
+
+    /// Answers `GET`/`HEAD` on `path` of the health server with `handler`'s response (see
+    /// [`health_routes`](Operator::health_routes) for an example).
+    #[must_use]
+    pub fn route<F, Fut>(mut self, path: impl Into<String>, handler: F) -> Self
+    where
+        F: Fn(super::health::Request<()>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = super::health::Response<String>> + Send + 'static,
+    {
+        self.health_routes = Some(self.health_routes.take().unwrap_or_default().route(path, handler));
         self
     }
 
@@ -604,6 +646,7 @@ impl<R: Object> ManagedController for Operator<R> {
             shutdown: self.shutdown.take(),
             metrics: self.metrics.take(),
             health: self.health.take(),
+            health_routes: self.health_routes.take(),
             leader_election: self.leader_election.take(),
             leadership: self.leadership.take(),
             sharding: self.sharding.take(),
