@@ -237,7 +237,8 @@ pub fn derive_as_status_error(input: TokenStream) -> TokenStream {
 /// | `namespaces("a", "b")` | all namespaces | watch (and pre-cache API handles for) only these namespaces; DNS-1123 labels, at least one; only for namespaced resources |
 /// | `caching = Strict \| Adhoc \| Extendable` | `Strict` with `namespaces`, else `Extendable` | how API handles for namespaces outside the pre-cached ones are treated: `Strict` refuses them, `Adhoc` builds one each time, `Extendable` caches them on first use |
 /// | `concurrency = N` | `1` (sequential) | at most N objects reconciled at once, 1 ≤ N ≤ 65535; one object is never reconciled twice at once |
-/// | `owns(ConfigMap, Service)` | none | also reconcile the owner when an owned child of these kinds changes or is deleted; the echo of the operator's own `ctx.apply_child` writes does not re-trigger it |
+/// | `owns(ConfigMap, Service)` | none | also reconcile the owner when the spec of an owned child of these kinds changes (a new generation; any change for kinds without one) or the child is deleted; the echo of the operator's own `ctx.apply_child` writes does not re-trigger it |
+/// | `owns(Deployment, on = "status")` | `on = "spec"` | `on` after a child: `"status"` re-triggers on every change of it, status updates included (`kuberator::runtime::ChildChanges`) |
 /// | `labels = "app=web"` | every object | a label selector (`a=b`, `a!=b`, `a in (x, y)`, `a notin (x)`, `a`, `!a`, comma-separated), checked at compile time |
 /// | `events = "website-operator"` | no recorder | gives `Ctx` an event recorder reporting as this component (`reportingController`, a qualified name); without it `ctx.emit` does nothing |
 /// | `leader_election = "website-operator"` | off | reconcile only while holding this Lease (in the operator's namespace: `POD_NAMESPACE`, the service account's, or the client's default); standbys keep warm caches |

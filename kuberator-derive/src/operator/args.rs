@@ -53,7 +53,7 @@ pub(crate) struct OperatorArgs {
     pub(crate) namespaces: Option<Keyed<Vec<LitStr>>>,
     pub(crate) caching: Option<Keyed<Path>>,
     pub(crate) concurrency: Option<Keyed<LitInt>>,
-    pub(crate) owns: Option<Keyed<Vec<Type>>>,
+    pub(crate) owns: Option<Keyed<Vec<OwnedChild>>>,
     pub(crate) labels: Option<Keyed<LitStr>>,
     pub(crate) events: Option<Keyed<LitStr>>,
     pub(crate) leader_election: Option<Keyed<LitStr>>,
@@ -83,6 +83,73 @@ pub(crate) struct HealthValue {
     pub(crate) routes: Vec<(LitStr, Path)>,
     /// The `health(...)` list, to point at when `addr` is missing.
     pub(crate) list: Option<Meta>,
+}
+
+/// One child of `owns(...)`: its type and the `on = "…"` written right after it.
+pub(crate) struct OwnedChild {
+    pub(crate) ty: Type,
+    pub(crate) on: Option<LitStr>,
+}
+
+/// `owns(ConfigMap, Deployment, on = "status")`: types, each optionally followed by `on = "…"`.
+fn owned_children(tokens: TokenStream) -> darling::Result<Vec<OwnedChild>> {
+    let parse = |input: syn::parse::ParseStream<'_>| {
+        let mut children: Vec<OwnedChild> = Vec::new();
+        while !input.is_empty() {
+            if input.peek(Ident) && input.peek2(Token![=]) {
+                let key: Ident = input.parse()?;
+                input.parse::<Token![=]>()?;
+                if key != "on" {
+                    return Err(syn::Error::new(
+                        key.span(),
+                        format!(
+                            "unknown key `{key}` in `owns(...)`: write `on = \"status\"` after a \
+                             child, like `owns(Deployment, on = \"status\")`"
+                        ),
+                    ));
+                }
+                let value: LitStr = input.parse().map_err(|e| {
+                    syn::Error::new(
+                        e.span(),
+                        "expected a string, like `owns(Deployment, on = \"status\")`",
+                    )
+                })?;
+                match children.last_mut() {
+                    Some(child) if child.on.is_none() => child.on = Some(value),
+                    Some(_) => {
+                        return Err(syn::Error::new(
+                            key.span(),
+                            "`on` is given twice for one child: keep one",
+                        ));
+                    }
+                    None => {
+                        return Err(syn::Error::new(
+                            key.span(),
+                            "`on = ...` follows the child it applies to, like \
+                             `owns(Deployment, on = \"status\")`",
+                        ));
+                    }
+                }
+            } else {
+                let ty: Type = input.parse().map_err(|e| {
+                    syn::Error::new(
+                        e.span(),
+                        "expected child types, like `owns(ConfigMap, Service)`",
+                    )
+                })?;
+                children.push(OwnedChild { ty, on: None });
+            }
+            if input.is_empty() {
+                break;
+            }
+            input.parse::<Token![,]>()?;
+        }
+        Ok(children)
+    };
+    parse.parse2(tokens).map_err(|e| {
+        let message = e.to_string();
+        error_at_span(e.span(), message)
+    })
 }
 
 /// The keys inside `health(...)`.
@@ -351,17 +418,7 @@ impl OperatorArgs {
                     set(errors, &mut args.concurrency, path, value);
                 }
                 "owns" => {
-                    let value = list(meta).and_then(|tokens| {
-                        Punctuated::<Type, Token![,]>::parse_terminated
-                            .parse2(tokens)
-                            .map(|list| list.into_iter().collect())
-                            .map_err(|e| {
-                                error_at_span(
-                                    e.span(),
-                                    "expected child types, like `owns(ConfigMap, Service)`",
-                                )
-                            })
-                    });
+                    let value = list(meta).and_then(owned_children);
                     set(errors, &mut args.owns, path, value);
                 }
                 "name" => {
@@ -487,7 +544,7 @@ pub(crate) fn example(key: &str) -> Option<&'static str> {
         "namespaces" => "namespaces(\"default\", \"shop\")",
         "caching" => "caching = Strict",
         "concurrency" => "concurrency = 8",
-        "owns" => "owns(ConfigMap, Service)",
+        "owns" => "owns(ConfigMap, Deployment, on = \"status\")",
         "labels" => "labels = \"app=web\"",
         "events" => "events = \"website-operator\"",
         "leader_election" => "leader_election = \"website-operator\"",

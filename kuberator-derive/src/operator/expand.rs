@@ -115,7 +115,19 @@ pub(crate) fn operator(op: &Operator, handlers: &[ImplItemFn]) -> TokenStream {
     let owns: Vec<TokenStream> = op
         .owns
         .iter()
-        .map(|child| quote_spanned!(at(child.span())=> .owns::<#child>()))
+        .map(|(child, _)| quote_spanned!(at(child.span())=> .owns::<#child>()))
+        .collect();
+    let owns_on: Vec<TokenStream> = op
+        .owns
+        .iter()
+        .map(|(child, on)| match on {
+            Some(on) => {
+                let variant = format_ident!("{}", on.variant());
+                quote_spanned!(at(child.span())=>
+                    .owns_with::<#child>(#root::runtime::ChildChanges::#variant))
+            }
+            None => quote_spanned!(at(child.span())=> .owns::<#child>()),
+        })
         .collect();
 
     // Production: leader election, the health endpoint, and the RBAC the keys imply.
@@ -265,7 +277,7 @@ pub(crate) fn operator(op: &Operator, handlers: &[ImplItemFn]) -> TokenStream {
                         #root::Operator::new(HandlerOperator { handler, ctx })
                             .concurrency(#concurrency)
                             #labels
-                            #(#owns)*
+                            #(#owns_on)*
                             #leader_election
                             #health
                             #add_webhook

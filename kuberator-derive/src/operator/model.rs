@@ -34,7 +34,8 @@ pub(crate) struct Operator {
     /// The strategy's path when written with a prefix (`CachingStrategy::Strict`), emitted as is.
     pub(crate) caching_path: Option<Path>,
     pub(crate) concurrency: Concurrency,
-    pub(crate) owns: Vec<Type>,
+    /// Each child with the changes that re-trigger its owner (`None`: the default, spec).
+    pub(crate) owns: Vec<(Type, Option<ChildOn>)>,
     pub(crate) labels: Option<LabelSelector>,
     pub(crate) events: Option<EventsComponent>,
     /// The Lease name, with leader election.
@@ -148,7 +149,14 @@ impl Operator {
                 ));
                 Vec::new()
             }
-            Some(keyed) => keyed.value,
+            Some(keyed) => keyed
+                .value
+                .into_iter()
+                .map(|child| {
+                    let on = child.on.and_then(|on| errors.handle(ChildOn::new(&on)));
+                    (child.ty, on)
+                })
+                .collect(),
             None => Vec::new(),
         };
         let name = args
@@ -1343,6 +1351,37 @@ impl WebhookService {
                      digits and `-`, starting with a letter"
                 ),
             ))
+        }
+    }
+}
+
+/// `owns(Deployment, on = "…")`: which changes of the child re-trigger its owner.
+#[derive(Clone, Copy)]
+pub(crate) enum ChildOn {
+    Spec,
+    Status,
+}
+
+impl ChildOn {
+    fn new(lit: &LitStr) -> darling::Result<Self> {
+        match lit.value().as_str() {
+            "spec" => Ok(ChildOn::Spec),
+            "status" => Ok(ChildOn::Status),
+            other => Err(error_at(
+                lit,
+                format!(
+                    "`on = \"{other}\"` is not a choice: write `on = \"status\"` to re-trigger on \
+                     every change of the child, status included, or `on = \"spec\"` (the \
+                     default: spec changes and deletion)"
+                ),
+            )),
+        }
+    }
+
+    pub(crate) fn variant(self) -> &'static str {
+        match self {
+            ChildOn::Spec => "Spec",
+            ChildOn::Status => "Status",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Controller wiring: the loop, the manager of many loops, backoff, shutdown.
 
 mod backoff;
+mod child_changes;
 pub mod health;
 pub mod leader;
 mod manager;
@@ -17,6 +18,7 @@ mod timeout;
 mod watch;
 
 pub use backoff::Backoff;
+pub use child_changes::ChildChanges;
 pub use health::{HealthRoutes, HealthServer, Readiness};
 pub use leader::{LeaderElection, Leadership};
 pub use manager::{IntoController, Manager, STARTUP_RETRY_FOR};

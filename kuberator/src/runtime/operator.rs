@@ -29,6 +29,7 @@ use tracing::Instrument;
 
 use super::{
     backoff::{Backoff, FailureCounts},
+    child_changes::ChildChanges,
     health::HealthRoutes,
     leader::{LeaderElection, Leadership},
     manager::{
@@ -255,13 +256,28 @@ impl<R: Object> Operator<R> {
         self
     }
 
-    /// Reconciles the owner when an owned `Child` (one with a controller owner reference to an
-    /// `R`) changes or is deleted. Children are watched metadata-only. The echo of the
-    /// operator's own child writes ([`Ctx::apply_child`](crate::Ctx::apply_child), see
-    /// [`OwnWrites`]) does not re-trigger the owner: one spec change is one reconcile, while a
-    /// change by any other writer (a `kubectl edit`, a deletion) still reconciles the owner.
+    /// Reconciles the owner when the spec of an owned `Child` (one with a controller owner
+    /// reference to an `R`) changes or the child is deleted ([`ChildChanges::Spec`]; status
+    /// updates do not re-trigger, see [`owns_with`](Operator::owns_with) for those). Children
+    /// are watched metadata-only. The echo of the operator's own child writes
+    /// ([`Ctx::apply_child`](crate::Ctx::apply_child), see [`OwnWrites`]) does not re-trigger
+    /// the owner: one spec change is one reconcile, while a change by any other writer (a
+    /// `kubectl edit`, a deletion) still reconciles the owner.
     #[must_use]
-    pub fn owns<Child>(mut self) -> Self
+    pub fn owns<Child>(self) -> Self
+    where
+        Child:
+            Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        Child::Scope: ApiScope,
+    {
+        self.owns_with::<Child>(ChildChanges::Spec)
+    }
+
+    /// Like [`owns`](Operator::owns), choosing which changes of a child re-trigger its owner:
+    /// [`ChildChanges::Status`] for every change, status included (an owner reporting its
+    /// Deployment's ready replicas). The operator's own writes never re-trigger it.
+    #[must_use]
+    pub fn owns_with<Child>(mut self, changes: ChildChanges) -> Self
     where
         Child:
             Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -278,12 +294,15 @@ impl<R: Object> Operator<R> {
                         <Child::Scope as ApiScope>::api(client, ns.as_deref());
                     with_watch_backoff(watcher(api, watcher::Config::default())).boxed()
                 };
-                let (_, children) = wiring.watches.subscribe::<PartialObjectMeta<Child>>(
+                let (cache, children) = wiring.watches.subscribe::<PartialObjectMeta<Child>>(
                     namespace,
                     &watcher::Config::default(),
                     make,
                     wiring.readiness.expect(wiring.name),
                 );
+                // Which changes count first (it must see the own writes' generations too),
+                // then the echo of own writes is dropped.
+                let children = changes.filter(children, cache);
                 controller.owns_shared_stream(wiring.own_writes.filter(children))
             }));
         self
