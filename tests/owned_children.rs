@@ -12,7 +12,7 @@ use k8s_openapi::api::{
     apps::v1::{Deployment, DeploymentSpec},
     core::v1::{ConfigMap, Container, Namespace, PodSpec, PodTemplateSpec},
 };
-use kube::api::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kuberator::{prelude::*, testing::TestEnv};
 
@@ -62,7 +62,8 @@ async fn publish(calls: &Calls, widget: &Widget, ctx: &Ctx<Widget>) -> Result<Ac
         ..ConfigMap::default()
     };
     ctx.apply_child(widget, child).await?;
-    ctx.apply_child(widget, deployment(&widget.name_any())).await?;
+    ctx.apply_child(widget, deployment(&widget.name_any()))
+        .await?;
     let status = TestStatus {
         applied_value: Some(widget.spec.value),
         ..TestStatus::default()
@@ -224,12 +225,15 @@ async fn one_apply_per_generation_and_an_edited_child_is_put_back() {
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     eventually("marker's replicas put back", || async {
         let deployment = deployments.get("marker").await.ok()?;
-        (deployment.metadata.generation == Some(3)
-            && deployment.spec?.replicas == Some(1))
-        .then_some(())
+        (deployment.metadata.generation == Some(3) && deployment.spec?.replicas == Some(1))
+            .then_some(())
     })
     .await;
 

@@ -76,7 +76,10 @@ pub struct AppliedStricts;
 
 /// The extra route: what controller-rs serves on `/`.
 async fn index(request: Request<()>) -> Response<String> {
-    Response::new(format!("{{\"operator\":\"stricts\",\"query\":{:?}}}", request.uri().query().unwrap_or("")))
+    Response::new(format!(
+        "{{\"operator\":\"stricts\",\"query\":{:?}}}",
+        request.uri().query().unwrap_or("")
+    ))
 }
 
 const APPLIER: &str = "stricts.example.com/applier";
@@ -220,10 +223,16 @@ async fn errors_land_in_a_status_with_required_fields_with_kstatus_conditions() 
     assert_eq!(http_get(addr, "/health").await, (200, "ok\n".to_owned()));
     let (code, metrics) = http_get(addr, "/prom").await;
     assert_eq!(code, 200);
-    assert!(metrics.contains("controller_runtime_reconcile_total"), "{metrics}");
+    assert!(
+        metrics.contains("controller_runtime_reconcile_total"),
+        "{metrics}"
+    );
     assert_eq!(
         http_get(addr, "/?verbose=1").await,
-        (200, r#"{"operator":"stricts","query":"verbose=1"}"#.to_owned())
+        (
+            200,
+            r#"{"operator":"stricts","query":"verbose=1"}"#.to_owned()
+        )
     );
     for moved in ["/healthz", "/readyz", "/metrics"] {
         assert_eq!(http_get(addr, moved).await.0, 404, "{moved} moved away");
@@ -271,7 +280,10 @@ async fn errors_land_in_a_status_with_required_fields_with_kstatus_conditions() 
         (status.error.is_some() && status.observed_generation == Some(2)).then_some(status)
     })
     .await;
-    assert!(failed.hidden, "the handler's field survives the applied error");
+    assert!(
+        failed.hidden,
+        "the handler's field survives the applied error"
+    );
     assert_eq!(failed.error.unwrap().reason, "AskedTerminal");
 
     let _ = stop.send(());

@@ -178,7 +178,10 @@ fn health_value(meta: &Meta) -> darling::Result<HealthValue> {
     };
     for item in &items {
         let NestedMeta::Meta(inner) = item else {
-            errors.push(error_at(item, format!("expected `key = value`: {expected}")));
+            errors.push(error_at(
+                item,
+                format!("expected `key = value`: {expected}"),
+            ));
             continue;
         };
         let key = source(inner.path());

@@ -158,9 +158,8 @@ pub(crate) fn operator(op: &Operator, handlers: &[ImplItemFn]) -> TokenStream {
             let path = path.as_str();
             paths.push(quote_spanned!(at(handler.span())=> .route(#path, #handler)));
         }
-        let routes = (!paths.is_empty()).then(|| {
-            quote!(.health_routes(#root::runtime::HealthRoutes::new() #(#paths)*))
-        });
+        let routes = (!paths.is_empty())
+            .then(|| quote!(.health_routes(#root::runtime::HealthRoutes::new() #(#paths)*)));
         quote! {
             .health(match #addr.parse() {
                 ::core::result::Result::Ok(addr) => addr,

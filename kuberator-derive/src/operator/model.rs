@@ -1411,7 +1411,15 @@ impl Health {
                 None
             }
         };
-        let mut seen: Vec<String> = Vec::new();
+        let defaults = ["/healthz", "/readyz", "/metrics"];
+        let fixed = [&value.liveness, &value.readiness, &value.metrics];
+        // The defaults of the paths not moved are taken too.
+        let mut seen: Vec<String> = fixed
+            .iter()
+            .zip(defaults)
+            .filter(|(lit, _)| lit.is_none())
+            .map(|(_, default)| default.to_owned())
+            .collect();
         let mut path = |lit: &LitStr, errors: &mut darling::error::Accumulator| {
             let checked = errors.handle(HealthPath::new(lit))?;
             if seen.contains(&checked.0) {
@@ -1427,17 +1435,9 @@ impl Health {
             seen.push(checked.0.clone());
             Some(checked)
         };
-        let defaults = ["/healthz", "/readyz", "/metrics"];
-        let fixed = [&value.liveness, &value.readiness, &value.metrics];
         let mut checked_fixed = Vec::new();
-        for (lit, default) in fixed.into_iter().zip(defaults) {
-            checked_fixed.push(match lit {
-                Some(lit) => path(lit, &mut errors),
-                None => {
-                    seen.push(default.to_owned());
-                    None
-                }
-            });
+        for lit in fixed {
+            checked_fixed.push(lit.as_ref().and_then(|lit| path(lit, &mut errors)));
         }
         let routes: Vec<(HealthPath, Path)> = value
             .routes

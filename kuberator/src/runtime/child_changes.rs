@@ -58,7 +58,8 @@ impl ChildChanges {
                         seen.remove(&key);
                         true
                     } else {
-                        seen.insert(key, spec_version(child.as_ref())) != Some(spec_version(child.as_ref()))
+                        seen.insert(key, spec_version(child.as_ref()))
+                            != Some(spec_version(child.as_ref()))
                     }
                 }
             };
@@ -74,7 +75,11 @@ impl ChildChanges {
 /// with the deletion mark.
 fn spec_version<C: Resource>(child: &C) -> String {
     let meta = child.meta();
-    let deleting = if meta.deletion_timestamp.is_some() { "-deleting" } else { "" };
+    let deleting = if meta.deletion_timestamp.is_some() {
+        "-deleting"
+    } else {
+        ""
+    };
     match (meta.generation, &meta.resource_version) {
         (Some(generation), _) => format!("g{generation}{deleting}"),
         (None, Some(version)) => format!("r{version}{deleting}"),
@@ -107,13 +112,20 @@ mod tests {
 
     /// Feeds `events` through the filter with a cache holding `cached`; the resourceVersions
     /// that pass.
-    async fn passed(changes: ChildChanges, cached: &[Deployment], events: Vec<Deployment>) -> Vec<String> {
+    async fn passed(
+        changes: ChildChanges,
+        cached: &[Deployment],
+        events: Vec<Deployment>,
+    ) -> Vec<String> {
         let (store, mut writer) = reflector::store::<Deployment>();
         for object in cached {
             writer.apply_watcher_event(&watcher::Event::Apply(object.clone()));
         }
         changes
-            .filter(futures::stream::iter(events.into_iter().map(Arc::new)), store)
+            .filter(
+                futures::stream::iter(events.into_iter().map(Arc::new)),
+                store,
+            )
             .map(|d| d.metadata.resource_version.clone().unwrap_or_default())
             .collect()
             .await
@@ -122,15 +134,26 @@ mod tests {
     #[tokio::test]
     async fn by_default_only_a_new_generation_passes() {
         let cached = [deployment(2, "13")];
-        let events = vec![deployment(1, "10"), deployment(1, "11"), deployment(2, "12"), deployment(2, "13")];
-        assert_eq!(passed(ChildChanges::Spec, &cached, events).await, ["10", "12"]);
+        let events = vec![
+            deployment(1, "10"),
+            deployment(1, "11"),
+            deployment(2, "12"),
+            deployment(2, "13"),
+        ];
+        assert_eq!(
+            passed(ChildChanges::Spec, &cached, events).await,
+            ["10", "12"]
+        );
     }
 
     #[tokio::test]
     async fn with_status_every_change_passes() {
         let cached = [deployment(1, "11")];
         let events = vec![deployment(1, "10"), deployment(1, "11")];
-        assert_eq!(passed(ChildChanges::Status, &cached, events).await, ["10", "11"]);
+        assert_eq!(
+            passed(ChildChanges::Status, &cached, events).await,
+            ["10", "11"]
+        );
     }
 
     #[tokio::test]

@@ -145,8 +145,7 @@ struct Probes {
 }
 
 /// A handler of an extra route: the request's head in, the response out.
-type RouteHandler =
-    Arc<dyn Fn(Request<()>) -> BoxFuture<'static, Response<String>> + Send + Sync>;
+type RouteHandler = Arc<dyn Fn(Request<()>) -> BoxFuture<'static, Response<String>> + Send + Sync>;
 
 /// The paths the [`HealthServer`] answers on: liveness (`/healthz`), readiness (`/readyz`) and
 /// metrics (`/metrics`) by default, each movable, plus extra routes of your own — e.g.
@@ -730,9 +729,10 @@ mod tests {
             .unwrap();
         assert!(
             server
-                .routes(HealthRoutes::new().route("/healthz", |_| async {
-                    Response::new(String::new())
-                }))
+                .routes(
+                    HealthRoutes::new()
+                        .route("/healthz", |_| async { Response::new(String::new()) })
+                )
                 .is_err()
         );
     }

@@ -438,7 +438,12 @@ impl<R: Object> Operator<R> {
         F: Fn(super::health::Request<()>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = super::health::Response<String>> + Send + 'static,
     {
-        self.health_routes = Some(self.health_routes.take().unwrap_or_default().route(path, handler));
+        self.health_routes = Some(
+            self.health_routes
+                .take()
+                .unwrap_or_default()
+                .route(path, handler),
+        );
         self
     }
 
