@@ -11,8 +11,7 @@ use crate::error::{Error, ObjectKey, Result};
 /// controller-runtime's `ReconciliationTimeout` (the deadline of the context passed to
 /// `Reconcile`) is off unless set; kuberator turns it on by default, generously, so that a
 /// handler stuck on a call that never returns costs one slot for at most this long instead of
-/// forever. Set it with [`Operator::reconcile_timeout`](crate::Operator::reconcile_timeout) or
-/// the macro's `reconcile_timeout_secs` key.
+/// forever. Set it with [`Operator::reconcile_timeout`](crate::Operator::reconcile_timeout).
 pub const DEFAULT_RECONCILE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Runs `reconcile`, cancelling it after `timeout` (`None`: no limit).

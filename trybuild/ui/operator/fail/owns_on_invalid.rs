@@ -1,4 +1,3 @@
-use k8s_openapi::api::apps::v1::Deployment;
 use kuberator::prelude::*;
 
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
@@ -9,7 +8,7 @@ pub struct WebsiteSpec {
 
 pub struct Websites;
 
-#[kuberator::operator(resource = Website, owns(Deployment, on = "replicas"))]
+#[kuberator::operator(resource = Website, owns(k8s_openapi::api::apps::v1::Deployment, on = "replicas"))]
 impl Websites {
     async fn apply(&self, _site: Arc<Website>) -> Result<Action> {
         Ok(Action::await_change())
