@@ -518,40 +518,7 @@ impl HandlerFn {
              `ctx: &Ctx<{resource}>` after the object)"
         );
 
-        if sig.asyncness.is_none() {
-            errors.push(error_at(
-                &sig.fn_token,
-                format!("`{name}` must be an `async fn`: write {shape}"),
-            ));
-        }
-        if !sig.generics.params.is_empty() {
-            errors.push(error_at(
-                &sig.generics,
-                format!("`{name}` cannot be generic: write {shape}"),
-            ));
-        }
-
-        let mut inputs = sig.inputs.iter();
-        match inputs.next() {
-            Some(FnArg::Receiver(receiver)) => match &receiver.kind {
-                ReceiverKind::Reference(_, _, None) => {}
-                ReceiverKind::Reference(_, _, Some(mutability)) => errors.push(error_at(
-                    mutability,
-                    format!(
-                        "`{name}` must take `&self`, not `&mut self`: objects are reconciled \
-                         concurrently, keep mutable state behind a lock"
-                    ),
-                )),
-                _ => errors.push(error_at(
-                    receiver,
-                    format!("`{name}` must take `&self`: write {shape}"),
-                )),
-            },
-            _ => errors.push(error_at(
-                &sig.ident,
-                format!("`{name}` must take `&self` first: write {shape}"),
-            )),
-        }
+        let mut inputs = check_head(sig, &name, &shape, "objects are reconciled", &mut errors);
 
         let object_ty = match inputs.next() {
             Some(FnArg::Typed(arg)) => errors.handle(object_type(&arg.ty, expected, &name)),
@@ -699,39 +666,13 @@ impl WebhookFn {
         let resource = expected.resource();
         let shape = kind.shape(&resource);
 
-        if sig.asyncness.is_none() {
-            errors.push(error_at(
-                &sig.fn_token,
-                format!("`{name}` must be an `async fn`: write {shape}"),
-            ));
-        }
-        if !sig.generics.params.is_empty() {
-            errors.push(error_at(
-                &sig.generics,
-                format!("`{name}` cannot be generic: write {shape}"),
-            ));
-        }
-        let mut inputs = sig.inputs.iter();
-        match inputs.next() {
-            Some(FnArg::Receiver(receiver)) => match &receiver.kind {
-                ReceiverKind::Reference(_, _, None) => {}
-                ReceiverKind::Reference(_, _, Some(mutability)) => errors.push(error_at(
-                    mutability,
-                    format!(
-                        "`{name}` must take `&self`, not `&mut self`: admission requests are \
-                         served concurrently, keep mutable state behind a lock"
-                    ),
-                )),
-                _ => errors.push(error_at(
-                    receiver,
-                    format!("`{name}` must take `&self`: write {shape}"),
-                )),
-            },
-            _ => errors.push(error_at(
-                &sig.ident,
-                format!("`{name}` must take `&self` first: write {shape}"),
-            )),
-        }
+        let mut inputs = check_head(
+            sig,
+            name,
+            &shape,
+            "admission requests are served",
+            &mut errors,
+        );
         for (argument, borrow, what) in kind.arguments() {
             match inputs.next() {
                 Some(FnArg::Typed(arg)) => {
@@ -1636,6 +1577,52 @@ pub(crate) fn check_selector(selector: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The checks every handler method shares: an `async fn`, not generic, taking `&self` first
+/// (`concurrently` says what runs at once, for the `&mut self` error). Returns the arguments
+/// after the receiver.
+fn check_head<'a>(
+    sig: &'a syn::Signature,
+    name: &str,
+    shape: &str,
+    concurrently: &str,
+    errors: &mut darling::error::Accumulator,
+) -> syn::punctuated::Iter<'a, FnArg> {
+    if sig.asyncness.is_none() {
+        errors.push(error_at(
+            &sig.fn_token,
+            format!("`{name}` must be an `async fn`: write {shape}"),
+        ));
+    }
+    if !sig.generics.params.is_empty() {
+        errors.push(error_at(
+            &sig.generics,
+            format!("`{name}` cannot be generic: write {shape}"),
+        ));
+    }
+    let mut inputs = sig.inputs.iter();
+    match inputs.next() {
+        Some(FnArg::Receiver(receiver)) => match &receiver.kind {
+            ReceiverKind::Reference(_, _, None) => {}
+            ReceiverKind::Reference(_, _, Some(mutability)) => errors.push(error_at(
+                mutability,
+                format!(
+                    "`{name}` must take `&self`, not `&mut self`: {concurrently} \
+                     concurrently, keep mutable state behind a lock"
+                ),
+            )),
+            _ => errors.push(error_at(
+                receiver,
+                format!("`{name}` must take `&self`: write {shape}"),
+            )),
+        },
+        _ => errors.push(error_at(
+            &sig.ident,
+            format!("`{name}` must take `&self` first: write {shape}"),
+        )),
+    }
+    inputs
 }
 
 #[cfg(test)]
