@@ -149,3 +149,97 @@ async fn handler_lines_carry_the_object_and_errors_name_it() {
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
+
+/// With the `opentelemetry` feature, a real operator's reconcile is exported as a `reconcile`
+/// span carrying the object's kind, namespace, name and generation, and the handler's log line
+/// carries that span's trace id.
+#[cfg(feature = "opentelemetry")]
+#[tokio::test]
+async fn reconcile_spans_are_exported_with_the_object_and_trace_id() {
+    use kuberator::telemetry::opentelemetry::{Value, trace::TracerProvider as _};
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+    use tracing_subscriber::prelude::*;
+
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let logs = CapturedLogs::default();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::new("info"))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .without_time()
+                .with_writer(logs.clone()),
+        )
+        .with(kuberator::telemetry::layer(
+            provider.tracer("kuberator-tests"),
+        ));
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let env = TestEnv::builder()
+        .crd::<Widget>()
+        .start()
+        .await
+        .expect("control plane");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let operator = Operator::with_reconciler(env.client(), Chatty).shutdown_on(async move {
+        let _ = stopped.await;
+    });
+    let task = tokio::spawn(operator.run());
+    api::<Widget>(env.client())
+        .create(
+            &PostParams::default(),
+            &Widget::build("exported", 7, Mode::Ok),
+        )
+        .await
+        .unwrap();
+
+    let attribute = |span: &opentelemetry_sdk::trace::SpanData, key: &str| {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.clone())
+    };
+    let span = eventually("the exported reconcile span", || async {
+        exporter
+            .get_finished_spans()
+            .unwrap()
+            .into_iter()
+            .find(|span| {
+                span.name == "reconcile"
+                    && attribute(span, "name") == Some(Value::from("exported".to_owned()))
+            })
+    })
+    .await;
+    assert_eq!(
+        attribute(&span, "kind"),
+        Some(Value::from("Widget".to_owned()))
+    );
+    assert_eq!(
+        attribute(&span, "namespace"),
+        Some(Value::from("default".to_owned()))
+    );
+    assert_eq!(attribute(&span, "generation"), Some(Value::I64(1)));
+    assert!(attribute(&span, "reconcile_id").is_some(), "{span:?}");
+    let trace_id = span.span_context.trace_id().to_string();
+    assert_eq!(
+        attribute(&span, "trace_id"),
+        Some(Value::from(trace_id.clone())),
+        "{span:?}"
+    );
+    let hello = logs
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("handler says hello") && l.contains("name=exported"))
+        .expect("the handler's line");
+    assert!(
+        hello.contains(&format!("trace_id={trace_id}")),
+        "{trace_id} missing in {hello:?}"
+    );
+
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+    provider.shutdown().unwrap();
+}

@@ -16,6 +16,9 @@ pub mod reconcile;
 pub mod repository;
 pub mod runtime;
 pub mod status;
+#[cfg(feature = "opentelemetry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+pub mod telemetry;
 pub mod webhook;
 
 #[cfg(feature = "testing")]

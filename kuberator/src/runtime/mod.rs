@@ -23,6 +23,8 @@ pub use health::{HealthRoutes, HealthServer, Readiness};
 pub use leader::{LeaderElection, Leadership};
 pub use manager::{IntoController, Manager, STARTUP_RETRY_FOR};
 pub use metrics::{ControllerMetrics, Metrics};
+#[cfg(all(test, feature = "opentelemetry"))]
+pub(crate) use operator::reconcile_span;
 pub use operator::{DEFAULT_SHUTDOWN_TIMEOUT, Operator, Reconciler, default_error_policy};
 pub use own_writes::{OwnWrite, OwnWrites};
 pub use progress::DEFAULT_STALLED_AFTER;

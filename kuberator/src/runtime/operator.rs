@@ -1097,17 +1097,22 @@ fn error_policy<R: Object>(object: Arc<R>, error: &Error, shared: Arc<LoopState<
 
 /// The span every reconcile, cleanup and error handling of `object` runs in: the handler's own
 /// `tracing` lines carry the object's kind, namespace, name and generation, and one id per
-/// reconcile to tell attempts apart.
+/// reconcile to tell attempts apart. With the `opentelemetry` feature and its layer installed,
+/// it is exported and records its OpenTelemetry `trace_id` too.
 pub(crate) fn reconcile_span<R: Resource>(kind: &str, object: &R) -> tracing::Span {
     let meta = object.meta();
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "reconcile",
         kind = %kind,
         namespace = %meta.namespace.as_deref().unwrap_or(""),
         name = %meta.name.as_deref().unwrap_or(""),
         generation = meta.generation.unwrap_or(0),
         reconcile_id = %format_args!("{:08x}", rand::random::<u32>()),
-    )
+        trace_id = tracing::field::Empty,
+    );
+    #[cfg(feature = "opentelemetry")]
+    crate::telemetry::record_trace_id(&span);
+    span
 }
 
 fn display_ref<R: Resource>(object: &R) -> String {
