@@ -1110,9 +1110,16 @@ pub(crate) fn reconcile_span<R: Resource>(kind: &str, object: &R) -> tracing::Sp
         reconcile_id = %format_args!("{:08x}", rand::random::<u32>()),
         trace_id = tracing::field::Empty,
     );
-    #[cfg(feature = "opentelemetry")]
-    crate::telemetry::record_trace_id(&span);
+    record_trace_id(&span);
     span
+}
+
+/// Records `span`'s OpenTelemetry trace id in its `trace_id` field (feature `opentelemetry`).
+fn record_trace_id(span: &tracing::Span) {
+    #[cfg(feature = "opentelemetry")]
+    crate::telemetry::record_trace_id(span);
+    #[cfg(not(feature = "opentelemetry"))]
+    let _ = span;
 }
 
 fn display_ref<R: Resource>(object: &R) -> String {
