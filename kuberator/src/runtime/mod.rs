@@ -2,6 +2,7 @@
 
 mod backoff;
 mod child_changes;
+mod dispatch;
 pub mod health;
 pub mod leader;
 mod manager;

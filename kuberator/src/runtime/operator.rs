@@ -30,6 +30,7 @@ use tracing::Instrument;
 use super::{
     backoff::{Backoff, FailureCounts},
     child_changes::ChildChanges,
+    dispatch::{Dispatch, Origin},
     health::HealthRoutes,
     leader::{LeaderElection, Leadership},
     manager::{
@@ -746,13 +747,23 @@ impl<R: Object> ManagedController for Operator<R> {
                 typed_watch::<R>(client, ns.as_deref(), config, || {}, cache, undecodable).boxed()
             };
             // Ready once every scope has listed its objects (a warm cache, leader or standby).
-            let (reader, changed) = setup.watches.subscribe::<R>(
+            let (reader, applied, deleted, phase) = setup.watches.subscribe_split::<R>(
                 scope.as_deref(),
                 &this.watcher_config,
                 make,
                 services.readiness.expect(&name),
             );
-            subscribed.push((scope, reader, changed));
+            // A (re)list's objects queue behind the changes made while the controller runs.
+            let changed = futures::stream::select(
+                phase.tag(applied),
+                deleted.map(|object| (object, Origin::Live)),
+            );
+            subscribed.push((
+                scope,
+                reader,
+                changed,
+                Dispatch::new(usize::from(this.concurrency)),
+            ));
         }
         let shared = Arc::new(LoopState {
             reconciler: this.reconciler,
@@ -767,18 +778,25 @@ impl<R: Object> ManagedController for Operator<R> {
             progress,
             stores: subscribed
                 .iter()
-                .map(|(_, reader, _)| reader.clone())
+                .map(|(_, reader, _, _)| reader.clone())
+                .collect(),
+            dispatch: subscribed
+                .iter()
+                .map(|(scope, _, _, dispatch)| ((*scope).clone(), dispatch.clone()))
                 .collect(),
             shards: services.shards.clone(),
             writer: this.guard.client(services.client.clone()),
         });
         let mut loops = SelectAll::new();
-        for (scope, reader, changed) in subscribed {
-            let trigger: BoxStream<'static, Arc<R>> = if this.generation_filter {
+        for (scope, reader, changed, dispatch) in subscribed {
+            let changed: BoxStream<'static, (Arc<R>, Origin)> = if this.generation_filter {
                 generation_filtered(changed, reader.clone(), services.shards.clone()).boxed()
             } else {
                 changed.boxed()
             };
+            // FIFO among ready objects, live changes first; the controller's scheduler then
+            // holds only what runs next, and the retries it times.
+            let trigger = dispatch.stream(changed, reader.clone());
             let mut controller = Controller::for_shared_stream(trigger, reader).with_config(
                 kube::runtime::controller::Config::default().concurrency(this.concurrency),
             );
@@ -844,7 +862,7 @@ impl<R: Object> ManagedController for Operator<R> {
                         }
                     }
                     result = loops.next() => match result {
-                        Some(result) => log_result(&name, result),
+                        Some(result) => log_result(&name, &shared, result),
                         None => break,
                     },
                     () = &mut deadline => {
@@ -867,6 +885,7 @@ impl<R: Object> ManagedController for Operator<R> {
 
 fn log_result<R: Object>(
     name: &str,
+    shared: &LoopState<R>,
     result: std::result::Result<
         (ObjectRef<R>, Action),
         kube::runtime::controller::Error<Error, watcher::Error>,
@@ -886,6 +905,9 @@ fn log_result<R: Object>(
             );
         }
         Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
+            if let Some(dispatch) = shared.dispatch_for(object.namespace.as_deref()) {
+                dispatch.forget(object.namespace.as_deref(), &object.name);
+            }
             tracing::debug!(controller = %name, object = %object, "object gone before its reconcile");
         }
         Err(error) => {
@@ -898,12 +920,12 @@ fn log_result<R: Object>(
 /// writes), as kube-runtime's `predicate_filter` does for unshared streams; forgets objects the
 /// cache no longer holds.
 fn generation_filtered<R: Object>(
-    changed: impl futures::Stream<Item = Arc<R>> + Send + 'static,
+    changed: impl futures::Stream<Item = (Arc<R>, Origin)> + Send + 'static,
     cache: reflector::Store<R>,
     shards: Option<Arc<Shards>>,
-) -> impl futures::Stream<Item = Arc<R>> + Send + 'static {
+) -> impl futures::Stream<Item = (Arc<R>, Origin)> + Send + 'static {
     let mut seen: HashMap<ObjectRef<R>, u64> = HashMap::new();
-    changed.filter(move |object| {
+    changed.filter(move |(object, _)| {
         // With sharding, an owner label another replica wrote (a drain, a claim) counts too.
         let shard = shards
             .as_ref()
@@ -947,6 +969,8 @@ struct LoopState<R: Object> {
     stores: Vec<reflector::Store<R>>,
     /// With sharding: this replica's view of its group.
     shards: Option<Arc<Shards>>,
+    /// The dispatch queue of each scope's loop (`None`: all namespaces).
+    dispatch: Vec<(Option<String>, Arc<Dispatch<R>>)>,
     /// The guarded client for the shard label writes.
     writer: Client,
 }
@@ -956,6 +980,14 @@ impl<R: Object> LoopState<R> {
     fn current(&self, object: &R) -> Option<Arc<R>> {
         let key = ObjectRef::from_obj(object);
         self.stores.iter().find_map(|store| store.get(&key))
+    }
+
+    /// The dispatch queue of the loop watching `namespace`.
+    fn dispatch_for(&self, namespace: Option<&str>) -> Option<&Arc<Dispatch<R>>> {
+        self.dispatch
+            .iter()
+            .find(|(scope, _)| scope.is_none() || scope.as_deref() == namespace)
+            .map(|(_, dispatch)| dispatch)
     }
 }
 
@@ -976,6 +1008,10 @@ impl Drop for InFlight<'_> {
 }
 
 async fn reconcile<R: Object>(object: Arc<R>, shared: Arc<LoopState<R>>) -> Result<Action> {
+    // Holds the object's place in its dispatch queue until this ends (parked standbys too).
+    let _running = shared
+        .dispatch_for(object.meta().namespace.as_deref())
+        .map(|dispatch| dispatch.running(object.as_ref()));
     let leadership = shared.leadership.clone();
     // A shard member runs only while its membership Lease is valid, like a leader.
     let gated = match shared.shards.clone() {

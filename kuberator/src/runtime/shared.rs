@@ -24,6 +24,7 @@ use kube::{
 use tokio::task::JoinHandle;
 
 use super::{
+    dispatch::ListPhase,
     manager::ReadinessGate,
     served::{WatchedKind, is_not_found},
 };
@@ -53,6 +54,7 @@ struct SharedWatch<K: Cached> {
     make: Option<Box<dyn FnOnce(Store<K>) -> RootStream<K> + Send>>,
     listed: Vec<Box<dyn Fn() + Send + Sync>>,
     deletes: Vec<UnboundedSender<Arc<K>>>,
+    phase: Arc<ListPhase>,
 }
 
 /// A shared watch with its kind erased.
@@ -77,16 +79,22 @@ impl<K: Cached> AnyWatch for SharedWatch<K> {
             make,
             listed,
             mut deletes,
+            phase,
         } = *self;
         let Some(make) = make else {
             return tokio::spawn(async {});
         };
+        let reader = writer.as_reader();
         let events = make(writer.as_reader()).reflect_shared(writer);
         tokio::spawn(async move {
             let mut events = std::pin::pin!(events);
             while let Some(event) = events.next().await {
                 match event {
+                    // Seen before the list's objects are handed to the subscribers (at its end).
+                    Ok(watcher::Event::Init) => phase.list_started(),
                     Ok(watcher::Event::InitDone) => {
+                        // Seen after: the subscribers received `reader.len()` objects of it.
+                        phase.list_done(reader.len());
                         tracing::debug!(watch = %what, "listed");
                         for listed in &listed {
                             listed();
@@ -142,6 +150,27 @@ impl SharedWatches {
         make: impl FnOnce(Store<K>) -> RootStream<K> + Send + 'static,
         on_listed: impl Fn() + Send + Sync + 'static,
     ) -> (Store<K>, impl Stream<Item = Arc<K>> + Send + 'static) {
+        let (reader, changed, deleted, _) =
+            self.subscribe_split(namespace, config, make, on_listed);
+        (reader, futures::stream::select(changed, deleted))
+    }
+
+    /// Like [`subscribe`](SharedWatches::subscribe), with the applies (in the order the watch
+    /// dispatched them) apart from the deletions, and the watch's [`ListPhase`] to tell which
+    /// applies belong to a (re)list.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn subscribe_split<K: Cached>(
+        &mut self,
+        namespace: Option<&str>,
+        config: &watcher::Config,
+        make: impl FnOnce(Store<K>) -> RootStream<K> + Send + 'static,
+        on_listed: impl Fn() + Send + Sync + 'static,
+    ) -> (
+        Store<K>,
+        BoxStream<'static, Arc<K>>,
+        BoxStream<'static, Arc<K>>,
+        Arc<ListPhase>,
+    ) {
         let key = WatchKey {
             type_id: TypeId::of::<K>(),
             namespace: namespace.map(str::to_owned),
@@ -160,6 +189,7 @@ impl SharedWatches {
                         make: Some(Box::new(make)),
                         listed: Vec::new(),
                         deletes: Vec::new(),
+                        phase: Arc::default(),
                     }),
                 });
                 self.entries.len() - 1
@@ -179,7 +209,7 @@ impl SharedWatches {
             Some(changed) => changed.boxed(),
             None => futures::stream::empty().boxed(),
         };
-        (reader, futures::stream::select(changed, deleted))
+        (reader, changed, deleted.boxed(), watch.phase.clone())
     }
 
     /// How many watches the API server will see.
