@@ -411,18 +411,16 @@ async fn objects_created_before_start_are_reconciled() {
     }
     let record = Arc::new(Record::default());
     let running = start::<Widget>(&env, &record, 2);
-    eventually("the early objects reconciled", || async {
-        (record.applies() == 3).then_some(())
+    // A reconcile is counted when it starts and its status written when it ends: wait for the
+    // statuses.
+    eventually("the early objects' statuses", || async {
+        for i in 0..3 {
+            let status = api.get(&format!("early{i}")).await.ok()?.status().cloned();
+            (status.and_then(|s| s.applied_value) == Some(i)).then_some(())?;
+        }
+        Some(())
     })
     .await;
-    for i in 0..3 {
-        let status = api
-            .get(&format!("early{i}"))
-            .await
-            .unwrap()
-            .status()
-            .cloned();
-        assert_eq!(status.and_then(|s| s.applied_value), Some(i));
-    }
+    assert_eq!(record.applies(), 3, "one reconcile each");
     running.stop().await;
 }
