@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Patch, PatchParams, PostParams};
 use kuberator::{
     conditions::{self, Condition},
+    manifests::Bundle,
     prelude::*,
     runtime::health::{Request, Response},
     testing::TestEnv,
@@ -237,6 +238,18 @@ async fn errors_land_in_a_status_with_required_fields_with_kstatus_conditions() 
     for moved in ["/healthz", "/readyz", "/metrics"] {
         assert_eq!(http_get(addr, moved).await.0, 404, "{moved} moved away");
     }
+    // The install bundle's probes ask the paths this server answers on.
+    let bundle = Bundle::for_operator::<Strict>(&AppliedStricts::rbac_options())
+        .image("example.com/stricts:1");
+    let deployment = serde_json::to_value(bundle.deployment().unwrap()).unwrap();
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let mut probed = Vec::new();
+    for probe in ["livenessProbe", "readinessProbe"] {
+        let path = container[probe]["httpGet"]["path"].as_str().unwrap();
+        assert_eq!(http_get(addr, path).await.0, 200, "{probe} on {path}");
+        probed.push(path.to_owned());
+    }
+    assert_eq!(probed, ["/health", "/health/ready"]);
 
     let api: Api<Strict> = Api::namespaced(env.client(), "applied");
     for (name, fail) in [("ok", ""), ("terminal", "terminal")] {

@@ -89,6 +89,8 @@ pub struct RbacOptions {
     owns: Vec<(String, String)>,
     lease_namespace: Option<String>,
     service_account: Option<ServiceAccountRef>,
+    liveness_path: Option<String>,
+    readiness_path: Option<String>,
 }
 
 /// A ServiceAccount by namespace and name.
@@ -121,6 +123,8 @@ impl RbacOptions {
             owns: Vec::new(),
             lease_namespace: None,
             service_account: None,
+            liveness_path: None,
+            readiness_path: None,
         }
     }
 
@@ -195,6 +199,24 @@ impl RbacOptions {
     #[must_use]
     pub fn sharding(self, namespace: impl Into<String>) -> Self {
         self.leader_election(namespace)
+    }
+
+    /// The operator's liveness path when not `/healthz` (its
+    /// [`HealthRoutes::liveness`](crate::runtime::HealthRoutes::liveness)): no RBAC, but
+    /// [`Bundle::for_operator`] puts the Deployment's liveness probe on it. The generated
+    /// `rbac_options()` of `#[kuberator::operator(health(liveness = "…"))]` sets it.
+    #[must_use]
+    pub fn liveness_path(mut self, path: impl Into<String>) -> Self {
+        self.liveness_path = Some(path.into());
+        self
+    }
+
+    /// The operator's readiness path when not `/readyz`, for the Deployment's readiness probe
+    /// (see [`liveness_path`](Self::liveness_path)).
+    #[must_use]
+    pub fn readiness_path(mut self, path: impl Into<String>) -> Self {
+        self.readiness_path = Some(path.into());
+        self
     }
 
     /// Also emit the ServiceAccount and the bindings of the roles to it.

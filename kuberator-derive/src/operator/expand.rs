@@ -140,6 +140,18 @@ pub(crate) fn operator(op: &Operator, handlers: &[ImplItemFn]) -> TokenStream {
             ))
         }
     });
+    // The bundle's probes follow moved health paths (`Bundle::for_operator`).
+    let probe_paths = op.health.as_ref().map(|health| {
+        let liveness = health.liveness.as_ref().map(|path| {
+            let path = path.as_str();
+            quote!(.liveness_path(#path))
+        });
+        let readiness = health.readiness.as_ref().map(|path| {
+            let path = path.as_str();
+            quote!(.readiness_path(#path))
+        });
+        quote!(#liveness #readiness)
+    });
     let health = op.health.as_ref().map(|health| {
         let addr = health.addr.as_str();
         let mut paths = Vec::new();
@@ -289,6 +301,7 @@ pub(crate) fn operator(op: &Operator, handlers: &[ImplItemFn]) -> TokenStream {
                         .finalizer(#rbac_finalizer)
                         .events(#rbac_events)
                         #(#owns)*
+                        #probe_paths
                 }
 
                 async fn run(self, client: #private::kube::Client) -> #root::Result<()> {

@@ -40,7 +40,7 @@ pub const RUN_AS_USER: i64 = 65532;
 
 /// What a cluster admin applies to install an operator: its Namespace, ServiceAccount,
 /// least-privilege (Cluster)Roles and bindings, CRDs, a Deployment (downward-API `POD_NAME` and
-/// `POD_NAMESPACE`, probes on `/healthz` and `/readyz`, resource requests, a restricted security
+/// `POD_NAMESPACE`, probes on `/healthz` and `/readyz` (or the operator's own paths), resource requests, a restricted security
 /// context), a metrics Service, and a PodDisruptionBudget when there is more than one replica.
 ///
 /// Built from an operator's [`RbacOptions`] (what `#[kuberator::operator]`'s `rbac_options()`
@@ -75,6 +75,8 @@ pub struct Bundle {
     image: Option<String>,
     replicas: i32,
     port: i32,
+    liveness_path: String,
+    readiness_path: String,
     leader_election: bool,
     grants: Vec<Grant>,
     crds: Vec<CustomResourceDefinition>,
@@ -96,6 +98,8 @@ impl Bundle {
             image: None,
             replicas: 1,
             port: DEFAULT_PORT,
+            liveness_path: "/healthz".to_owned(),
+            readiness_path: "/readyz".to_owned(),
             leader_election: false,
             grants: Vec::new(),
             crds: Vec::new(),
@@ -130,7 +134,14 @@ impl Bundle {
         R::Scope: ApiScope,
     {
         let name = format!("{}-operator", R::plural(&()));
-        Bundle::new(name).rbac(super::rbac_rules_for::<R>(options))
+        let mut bundle = Bundle::new(name).rbac(super::rbac_rules_for::<R>(options));
+        if let Some(path) = &options.liveness_path {
+            bundle = bundle.liveness_path(path);
+        }
+        if let Some(path) = &options.readiness_path {
+            bundle = bundle.readiness_path(path);
+        }
+        bundle
     }
 
     /// Adds the grants of `rbac` (its service account is replaced by the bundle's). Grants with
@@ -197,6 +208,24 @@ impl Bundle {
     #[must_use]
     pub fn replicas(mut self, replicas: i32) -> Self {
         self.replicas = replicas;
+        self
+    }
+
+    /// The path of the liveness probe (default `/healthz`; what the operator serves it on, see
+    /// [`HealthRoutes::liveness`](crate::runtime::HealthRoutes::liveness)).
+    /// [`for_operator`](Bundle::for_operator) takes it from
+    /// [`RbacOptions::liveness_path`].
+    #[must_use]
+    pub fn liveness_path(mut self, path: impl Into<String>) -> Self {
+        self.liveness_path = path.into();
+        self
+    }
+
+    /// The path of the readiness probe (default `/readyz`; see
+    /// [`liveness_path`](Bundle::liveness_path)).
+    #[must_use]
+    pub fn readiness_path(mut self, path: impl Into<String>) -> Self {
+        self.readiness_path = path.into();
         self
     }
 
@@ -345,6 +374,17 @@ impl Bundle {
                 ));
             }
         }
+        for (probe, path) in [
+            ("liveness", &self.liveness_path),
+            ("readiness", &self.readiness_path),
+        ] {
+            if !path.starts_with('/') {
+                return problem(format!(
+                    "the {probe} probe's path `{path}` must start with `/` (the path the \
+                     operator's health server serves it on)"
+                ));
+            }
+        }
         if self.replicas < 1 {
             return problem(format!(
                 "replicas must be at least 1, not {}",
@@ -486,8 +526,8 @@ impl Bundle {
             args: (!self.args.is_empty()).then(|| self.args.clone()),
             env: Some(env),
             ports: Some(ports),
-            liveness_probe: Some(probe("/healthz")),
-            readiness_probe: Some(probe("/readyz")),
+            liveness_probe: Some(probe(&self.liveness_path)),
+            readiness_probe: Some(probe(&self.readiness_path)),
             resources: Some(self.resources.clone()),
             security_context: Some(SecurityContext {
                 allow_privilege_escalation: Some(false),
@@ -773,6 +813,57 @@ mod tests {
                 .owns::<ConfigMap>(),
         )
         .image("example.com/website-operator:1.0.0")
+    }
+
+    fn probe_paths(bundle: &Bundle) -> (String, String) {
+        // Through JSON: `Deployment::spec` is an `Option` up to Kubernetes 1.36 only.
+        let deployment = serde_json::to_value(bundle.deployment().unwrap()).unwrap();
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        let path = |probe: &str| {
+            let action = &container[probe]["httpGet"];
+            assert_eq!(action["port"], "http", "{container}");
+            action["path"].as_str().unwrap().to_owned()
+        };
+        (path("livenessProbe"), path("readinessProbe"))
+    }
+
+    #[test]
+    fn probes_follow_the_operators_health_paths() {
+        assert_eq!(
+            probe_paths(&bundle()),
+            ("/healthz".to_owned(), "/readyz".to_owned())
+        );
+        let options = RbacOptions::new("websites.example.com-operator")
+            .liveness_path("/health")
+            .readiness_path("/health/ready");
+        let custom = Bundle::for_operator::<Website>(&options).image("example.com/op:1");
+        assert_eq!(
+            probe_paths(&custom),
+            ("/health".to_owned(), "/health/ready".to_owned())
+        );
+        // Only one moved: the other keeps its default.
+        let one = Bundle::for_operator::<Website>(
+            &RbacOptions::new("websites.example.com-operator").readiness_path("/ready"),
+        )
+        .image("example.com/op:1");
+        assert_eq!(
+            probe_paths(&one),
+            ("/healthz".to_owned(), "/ready".to_owned())
+        );
+        let yaml = custom.to_yaml().unwrap();
+        assert!(yaml.contains("path: /health/ready"), "{yaml}");
+        assert!(!yaml.contains("/readyz"), "{yaml}");
+    }
+
+    #[test]
+    fn a_probe_path_without_slash_is_refused() {
+        let error = bundle().liveness_path("health").deployment().unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("liveness probe's path `health` must start with `/`"),
+            "{error}"
+        );
     }
 
     fn kinds(objects: &[serde_json::Value]) -> Vec<&str> {
