@@ -15,6 +15,7 @@ use k8s_openapi::api::{
     admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration},
     core::v1::{ConfigMap, Secret},
 };
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{
     Api, CustomResource, ResourceExt,
     api::{ObjectMeta, PostParams},
@@ -23,7 +24,7 @@ use kuberator::{
     Action, Operator, Reconciler,
     runtime::Manager,
     testing::TestEnv,
-    webhook::{Certificates, Denied, Validator, Webhook, WebhookServer},
+    webhook::{Certificates, Conversion, Denied, Validator, Webhook, WebhookServer},
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -651,6 +652,236 @@ async fn the_macro_operator_serves_its_methods_with_exactly_its_generated_rbac()
         refused.contains(r#"spec.region: is immutable (was "eu", now "us")"#),
         "{refused}"
     );
+    stop.send(()).unwrap();
+    tokio::time::timeout(WAIT, running)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+/// The old version of the converted kind: the owner as one string, `Name <email>`.
+pub mod accounts_v1alpha1 {
+    use super::*;
+
+    #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+    #[kube(
+        group = "conversion.test.kuberator.dev",
+        version = "v1alpha1",
+        kind = "Account",
+        namespaced
+    )]
+    pub struct AccountSpec {
+        pub owner: String,
+        pub plan: String,
+    }
+}
+
+/// The new (storage) version: the owner split into name and email.
+pub mod accounts_v1 {
+    use super::*;
+
+    #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+    #[kube(
+        group = "conversion.test.kuberator.dev",
+        version = "v1",
+        kind = "Account",
+        namespaced
+    )]
+    pub struct AccountSpec {
+        pub owner: Owner,
+        pub plan: String,
+    }
+
+    #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+    pub struct Owner {
+        pub name: String,
+        pub email: String,
+    }
+}
+
+impl TryFrom<accounts_v1alpha1::AccountSpec> for accounts_v1::AccountSpec {
+    type Error = String;
+
+    fn try_from(old: accounts_v1alpha1::AccountSpec) -> Result<Self, String> {
+        let (name, email) = old
+            .owner
+            .strip_suffix('>')
+            .and_then(|owner| owner.split_once(" <"))
+            .ok_or_else(|| format!("owner `{}` has no `<email>`", old.owner))?;
+        Ok(accounts_v1::AccountSpec {
+            owner: accounts_v1::Owner {
+                name: name.to_owned(),
+                email: email.to_owned(),
+            },
+            plan: old.plan,
+        })
+    }
+}
+
+impl From<accounts_v1::AccountSpec> for accounts_v1alpha1::AccountSpec {
+    fn from(new: accounts_v1::AccountSpec) -> Self {
+        accounts_v1alpha1::AccountSpec {
+            owner: format!("{} <{}>", new.owner.name, new.owner.email),
+            plan: new.plan,
+        }
+    }
+}
+
+pub fn account_conversion() -> Conversion<accounts_v1::Account> {
+    Conversion::<accounts_v1::Account>::new().version::<accounts_v1alpha1::Account>()
+}
+
+struct NoopAccounts;
+
+#[async_trait::async_trait]
+impl Reconciler<accounts_v1::Account> for NoopAccounts {
+    async fn reconcile(&self, _a: Arc<accounts_v1::Account>) -> kuberator::Result<Action> {
+        Ok(Action::await_change())
+    }
+}
+
+/// The operator serves the conversion of a two-version CRD: the caBundle and URL are patched
+/// into the CRD's conversion stanza with no manual step; an object applied as `v1alpha1` with
+/// kubectl is stored as `v1` and read back as either version with every field kept; an object
+/// that cannot be converted is refused with its name and the reason; `/convert` is counted in
+/// the webhook metrics.
+#[tokio::test]
+async fn objects_written_as_the_old_version_are_read_as_the_new_one() {
+    init_tracing();
+    let env = TestEnv::start().await.expect("control plane");
+    env.install_crd_value(account_conversion().crd().unwrap())
+        .await
+        .unwrap();
+    let client = env.client();
+    let health = free_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let operator = Operator::with_reconciler(client.clone(), NoopAccounts)
+        .conversion(account_conversion())
+        .webhook_server(WebhookServer::local().configuration_name("accounts"));
+    let manager = Manager::new(client.clone())
+        .add(operator)
+        .health(health)
+        .shutdown_on(async move {
+            let _ = stopped.await;
+        });
+    let running = tokio::spawn(manager.run());
+
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = account_conversion().crd_name().to_owned();
+    let conversion = eventually("the conversion webhook in the CRD", || async {
+        let crd = crds.get(&name).await.unwrap();
+        let conversion = serde_json::to_value(crd.spec.conversion).unwrap();
+        (conversion["strategy"] == "Webhook").then_some(conversion)
+    })
+    .await;
+    let secret = Api::<Secret>::namespaced(client.clone(), "default")
+        .get("kuberator-webhook-tls")
+        .await
+        .unwrap();
+    let ca = &secret.data.as_ref().unwrap()["ca.crt"].0;
+    let webhook = &conversion["webhook"];
+    assert_eq!(
+        webhook["clientConfig"]["caBundle"],
+        base64_of(ca),
+        "{webhook}"
+    );
+    assert_eq!(
+        webhook["conversionReviewVersions"],
+        serde_json::json!(["v1"])
+    );
+    let url = webhook["clientConfig"]["url"].as_str().unwrap();
+    assert!(
+        url.starts_with("https://127.0.0.1:") && url.ends_with("/convert"),
+        "{url}"
+    );
+
+    // Written as v1alpha1 (the API server converts it to the storage version v1 through the
+    // webhook; retried until the API server has picked up the patched CRD).
+    let mut alice = accounts_v1alpha1::Account::new(
+        "alice",
+        accounts_v1alpha1::AccountSpec {
+            owner: "Alice Liddell <alice@example.com>".into(),
+            plan: "gold".into(),
+        },
+    );
+    alice
+        .labels_mut()
+        .insert("team".into(), "wonderland".into());
+    eventually("the v1alpha1 object stored", || async {
+        kubectl_apply(&env, &alice).await.ok()
+    })
+    .await;
+    let group = "conversion.test.kuberator.dev";
+    let as_v1 = env
+        .kubectl_json([
+            "get",
+            &format!("accounts.v1.{group}"),
+            "alice",
+            "-n",
+            "default",
+        ])
+        .await
+        .unwrap();
+    assert_eq!(as_v1["apiVersion"], format!("{group}/v1"));
+    assert_eq!(
+        as_v1["spec"],
+        serde_json::json!({
+            "owner": { "name": "Alice Liddell", "email": "alice@example.com" },
+            "plan": "gold",
+        })
+    );
+    assert_eq!(as_v1["metadata"]["labels"]["team"], "wonderland");
+    let typed: Api<accounts_v1::Account> = Api::namespaced(client.clone(), "default");
+    assert_eq!(
+        typed.get("alice").await.unwrap().spec.owner.email,
+        "alice@example.com"
+    );
+    let as_old = env
+        .kubectl_json([
+            "get",
+            &format!("accounts.v1alpha1.{group}"),
+            "alice",
+            "-n",
+            "default",
+        ])
+        .await
+        .unwrap();
+    assert_eq!(as_old["apiVersion"], format!("{group}/v1alpha1"));
+    assert_eq!(
+        serde_json::from_value::<accounts_v1alpha1::AccountSpec>(as_old["spec"].clone()).unwrap(),
+        alice.spec
+    );
+    assert_eq!(as_old["metadata"]["uid"], as_v1["metadata"]["uid"]);
+    assert_eq!(as_old["metadata"]["labels"]["team"], "wonderland");
+
+    // A spec that cannot be converted: refused, naming the object and the reason.
+    let bob = accounts_v1alpha1::Account::new(
+        "bob",
+        accounts_v1alpha1::AccountSpec {
+            owner: "bob".into(),
+            plan: "free".into(),
+        },
+    );
+    let refused = kubectl_apply(&env, &bob).await.unwrap_err();
+    assert!(
+        refused.contains(&format!(
+            "cannot convert Account default/bob from {group}/v1alpha1 to {group}/v1: owner \
+             `bob` has no `<email>`"
+        )),
+        "{refused}"
+    );
+    assert!(typed.get_opt("bob").await.unwrap().is_none());
+
+    let (status, metrics) = http_get(health, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(
+            r#"controller_runtime_webhook_requests_total{webhook="/convert",code="200"}"#
+        ),
+        "{metrics}"
+    );
+
     stop.send(()).unwrap();
     tokio::time::timeout(WAIT, running)
         .await

@@ -354,6 +354,15 @@ impl Manager {
         self
     }
 
+    /// Serves the versions of a CRD through its hub (conversion webhook at `/convert` on the
+    /// manager's [`webhook_server`](Manager::webhook_server)). See
+    /// [`Conversion`](crate::webhook::Conversion).
+    #[must_use]
+    pub fn conversion<Hub>(mut self, conversion: crate::webhook::Conversion<Hub>) -> Self {
+        self.settings.webhooks.add_conversion(conversion);
+        self
+    }
+
     /// The one HTTPS server of every admission webhook of the process (of the manager and of
     /// its controllers): started before the controllers, stopped after them.
     #[must_use]

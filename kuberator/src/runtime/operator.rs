@@ -620,6 +620,15 @@ impl<R: Object> Operator<R> {
         self
     }
 
+    /// Serves the other versions of `R`'s CRD (conversion webhook at `/convert` on the
+    /// [`webhook_server`](Operator::webhook_server), `R` the storage version). See
+    /// [`Conversion`](crate::webhook::Conversion).
+    #[must_use]
+    pub fn conversion(mut self, conversion: crate::webhook::Conversion<R>) -> Self {
+        self.webhooks.add_conversion(conversion);
+        self
+    }
+
     /// The HTTPS server of the webhooks; added to a [`Manager`], the manager's own one wins.
     #[must_use]
     pub fn webhook_server(mut self, server: crate::webhook::WebhookServer) -> Self {

@@ -96,6 +96,64 @@ pub(crate) fn webhooks(
         .collect()
 }
 
+/// `pem` as a `caBundle` (base64).
+fn ca_bundle(pem: &str) -> String {
+    serde_json::to_value(ByteString(pem.as_bytes().to_vec()))
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// The merge patch that points the conversion of a CRD at the webhook server: `strategy:
+/// Webhook`, review version `v1`, the client config of `endpoint` at `/convert` with the CA.
+pub(crate) fn conversion_patch(endpoint: &Endpoint, ca_pem: Option<&str>) -> Value {
+    let ca_bundle = ca_pem.map(ca_bundle);
+    let mut client_config = endpoint.client_config(super::CONVERT_PATH, ca_bundle.as_deref());
+    // A merge patch keeps what it does not name: drop the other way of reaching the server.
+    match endpoint {
+        Endpoint::Url { .. } => client_config["service"] = Value::Null,
+        Endpoint::Service { .. } => client_config["url"] = Value::Null,
+    }
+    json!({
+        "spec": {
+            "conversion": {
+                "strategy": "Webhook",
+                "webhook": {
+                    "conversionReviewVersions": ["v1"],
+                    "clientConfig": client_config,
+                },
+            },
+        },
+    })
+}
+
+/// Points the conversion of the CRD `name` at the webhook server, with `ca_pem` as its
+/// `caBundle` (a merge patch of `spec.conversion` only).
+///
+/// # Access control
+/// `patch` on `customresourcedefinitions` named `name`.
+pub(crate) async fn apply_conversion(
+    client: &Client,
+    name: &str,
+    endpoint: &Endpoint,
+    ca_pem: Option<&str>,
+) -> Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    Api::<CustomResourceDefinition>::all(client.clone())
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(conversion_patch(endpoint, ca_pem)),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "pointing the conversion of CustomResourceDefinition {name} at the webhook server"
+            )
+        })?;
+    Ok(())
+}
+
 /// The configuration objects for `registrations`: (validating, mutating), each `None` when no
 /// handler of that type exists.
 pub(crate) fn configurations(
@@ -104,12 +162,7 @@ pub(crate) fn configurations(
     endpoint: &Endpoint,
     ca_pem: Option<&str>,
 ) -> (Option<Value>, Option<Value>) {
-    let ca_bundle = ca_pem.map(|pem| {
-        serde_json::to_value(ByteString(pem.as_bytes().to_vec()))
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default()
-    });
+    let ca_bundle = ca_pem.map(ca_bundle);
     let of = |mutating: bool, kind: &str| {
         let selected: Vec<&Registration> = registrations
             .iter()

@@ -1,4 +1,5 @@
-//! Admission webhooks served by the operator itself, with certificates it manages.
+//! Admission and conversion webhooks served by the operator itself, with certificates it
+//! manages.
 //!
 //! A [`Webhook`] validates and/or defaults objects of one kind before the API server stores
 //! them. Add it to an [`Operator`](crate::Operator) of that kind
@@ -14,6 +15,10 @@
 //! 4. renews the serving certificate when a third of its lifetime is left (the CA stays, so
 //!    the API server trusts the new certificate before it is served), or re-reads the files
 //!    when they change.
+//!
+//! A [`Conversion`] serves the versions of a multi-version CRD through its storage version
+//! (`ConversionReview` at [`CONVERT_PATH`] on the same server); the manager patches the CRD's
+//! `spec.conversion` to `strategy: Webhook` with the server's client config and CA.
 //!
 //! Requests are denied (never dropped) when the handler says so ([`Denied`], with a field
 //! path), panics, or runs past its timeout; the server goes on with the next request. The
@@ -57,11 +62,13 @@
 //! # Access control
 //! `get`, `create`, `update` on the certificate Secret (with [`Certificates::secret`]);
 //! `create` and `patch` on `validatingwebhookconfigurations` and
-//! `mutatingwebhookconfigurations` named [`WebhookServer::configuration_name`].
+//! `mutatingwebhookconfigurations` named [`WebhookServer::configuration_name`]; with a
+//! [`Conversion`], `patch` on its `customresourcedefinitions` ([`Conversion::rbac`]).
 
 mod admission;
 mod certs;
 mod configuration;
+mod conversion;
 mod metrics;
 mod server;
 
@@ -71,6 +78,7 @@ pub use admission::{DEFAULT_HANDLER_TIMEOUT, Defaulter, Denied, Validator, Webho
 pub use certs::{
     Certificates, DEFAULT_CA_VALIDITY, DEFAULT_RELOAD_INTERVAL, DEFAULT_SERVING_VALIDITY,
 };
+pub use conversion::{CONVERT_PATH, Conversion};
 pub use server::{DEFAULT_BODY_LIMIT, WebhookServer};
 
 pub(crate) use admission::Registration;
@@ -82,6 +90,7 @@ use crate::{error::Result, finalize::Object, runtime::Metrics};
 #[derive(Default)]
 pub(crate) struct Settings {
     handlers: Vec<Arc<dyn admission::Admit>>,
+    conversions: Vec<Arc<conversion::Converter>>,
     /// The controllers that brought webhooks (for the error when no server is set).
     owners: Vec<String>,
     server: Option<WebhookServer>,
@@ -90,6 +99,10 @@ pub(crate) struct Settings {
 impl Settings {
     pub(crate) fn add<R: Object>(&mut self, webhook: Webhook<R>) {
         self.handlers.extend(webhook.into_handlers());
+    }
+
+    pub(crate) fn add_conversion<Hub>(&mut self, conversion: Conversion<Hub>) {
+        self.conversions.push(conversion.into_converter());
     }
 
     /// The server, when one is set.
@@ -103,10 +116,11 @@ impl Settings {
 
     /// Takes over `other`'s webhooks, and its server when there is none yet.
     pub(crate) fn adopt(&mut self, other: Settings, controller: &str) {
-        if !other.handlers.is_empty() {
+        if !other.handlers.is_empty() || !other.conversions.is_empty() {
             self.owners.push(controller.to_owned());
         }
         self.handlers.extend(other.handlers);
+        self.conversions.extend(other.conversions);
         self.owners.extend(other.owners);
         match (&self.server, other.server) {
             (None, server) => self.server = server,
@@ -128,7 +142,8 @@ impl Settings {
         client: &kube::Client,
         metrics: Option<&Metrics>,
     ) -> Result<Option<Running>> {
-        match (self.server, self.handlers.is_empty()) {
+        let none = self.handlers.is_empty() && self.conversions.is_empty();
+        match (self.server, none) {
             (_, true) => Ok(None),
             (None, false) => {
                 let mut owners = self.owners;
@@ -139,13 +154,16 @@ impl Settings {
                     format!("controller `{}`", owners.join("`, `"))
                 };
                 Err(anyhow::anyhow!(
-                    "{owners} has admission webhooks but no webhook server: add \
+                    "{owners} has webhooks but no webhook server: add \
                      `.webhook_server(WebhookServer::in_cluster(namespace, service))` (or \
                      `WebhookServer::local()` next to a local API server such as TestEnv)"
                 )
                 .into())
             }
-            (Some(server), false) => server.start(client, self.handlers, metrics).await.map(Some),
+            (Some(server), false) => server
+                .start(client, self.handlers, self.conversions, metrics)
+                .await
+                .map(Some),
         }
     }
 }
@@ -175,7 +193,7 @@ mod tests {
             .to_string();
         assert!(
             error.starts_with(
-                "controller `config-maps` has admission webhooks but no webhook server: add \
+                "controller `config-maps` has webhooks but no webhook server: add \
                  `.webhook_server(WebhookServer::in_cluster(namespace, service))`"
             ),
             "{error}"

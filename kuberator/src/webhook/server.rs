@@ -41,6 +41,7 @@ use super::{
     admission::{Admit, Denied},
     certs::{self, Certificates, Material, ServingCert, Source},
     configuration::{self, Endpoint},
+    conversion::{self, CONVERT_PATH, Converter},
     metrics::WebhookMetrics,
 };
 use crate::{error::Result, runtime::Metrics};
@@ -374,8 +375,12 @@ impl WebhookServer {
         self,
         client: &Client,
         handlers: Vec<Arc<dyn Admit>>,
+        conversions: Vec<Arc<Converter>>,
         metrics: Option<&Metrics>,
     ) -> Result<Running> {
+        for converter in &conversions {
+            converter.check()?;
+        }
         let mut routes: BTreeMap<String, Arc<dyn Admit>> = BTreeMap::new();
         for handler in handlers {
             let path = handler.registration().path.clone();
@@ -410,13 +415,21 @@ impl WebhookServer {
         };
         let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
         let serving = Arc::new(ServingCert::default());
-        let webhook_metrics = WebhookMetrics::new(metrics, routes.keys().map(String::as_str));
+        let paths = routes
+            .keys()
+            .map(String::as_str)
+            .chain((!conversions.is_empty()).then_some(CONVERT_PATH));
+        let webhook_metrics = WebhookMetrics::new(metrics, paths);
         let keeper = CertKeeper {
             client: client.clone(),
             source: self.certificates.source.clone(),
             names: self.names.clone(),
             configuration_name: self.configuration_name.clone(),
             registrations: routes.values().map(|h| h.registration().clone()).collect(),
+            crds: conversions
+                .iter()
+                .map(|c| c.crd_name().to_owned())
+                .collect(),
             endpoint,
             provider: provider.clone(),
             serving: serving.clone(),
@@ -433,6 +446,7 @@ impl WebhookServer {
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let state = Arc::new(State {
             routes,
+            conversions,
             metrics: webhook_metrics,
             body_limit: self.body_limit,
         });
@@ -480,6 +494,8 @@ struct CertKeeper {
     names: Vec<String>,
     configuration_name: String,
     registrations: Vec<super::admission::Registration>,
+    /// The CRDs whose conversion webhook points here.
+    crds: Vec<String>,
     endpoint: Endpoint,
     provider: Arc<CryptoProvider>,
     serving: Arc<ServingCert>,
@@ -527,7 +543,17 @@ impl CertKeeper {
             &self.endpoint,
             material.ca_pem.as_deref(),
         )
-        .await
+        .await?;
+        for crd in &self.crds {
+            configuration::apply_conversion(
+                &self.client,
+                crd,
+                &self.endpoint,
+                material.ca_pem.as_deref(),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Until stopped: renews (Secret) or re-reads (files) the certificate; a new CA is put into
@@ -605,6 +631,7 @@ impl CertKeeper {
 
 struct State {
     routes: BTreeMap<String, Arc<dyn Admit>>,
+    conversions: Vec<Arc<Converter>>,
     metrics: WebhookMetrics,
     body_limit: usize,
 }
@@ -695,13 +722,15 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let path = request.uri().path().to_owned();
-    let Some(handler) = state.routes.get(&path) else {
+    let handler = state.routes.get(&path);
+    let converts = path == CONVERT_PATH && !state.conversions.is_empty();
+    if handler.is_none() && !converts {
         return plain(StatusCode::NOT_FOUND, format!("no webhook at {path}"));
-    };
+    }
     if request.method() != Method::POST {
         let mut response = plain(
             StatusCode::METHOD_NOT_ALLOWED,
-            "admission webhooks take POST".to_owned(),
+            "webhooks take POST".to_owned(),
         );
         response
             .headers_mut()
@@ -710,12 +739,56 @@ where
     }
     let started = Instant::now();
     let in_flight = state.metrics.start(&path);
-    let response = admit(state, handler.as_ref(), request).await;
+    let response = match handler {
+        Some(handler) => admit(state, handler.as_ref(), request).await,
+        None => convert(state, request).await,
+    };
     drop(in_flight);
     state
         .metrics
         .finished(&path, response.status().as_u16(), started.elapsed());
     response
+}
+
+/// The request body, or the HTTP error for one too large or unreadable.
+async fn read_body<B>(
+    state: &State,
+    request: Request<B>,
+    what: &str,
+) -> Result<Bytes, Response<Full<Bytes>>>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match Limited::new(request.into_body(), state.body_limit)
+        .collect()
+        .await
+    {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{what} request larger than {} bytes", state.body_limit),
+        )),
+        Err(error) => Err(plain(
+            StatusCode::BAD_REQUEST,
+            format!("reading the {what} request: {error}"),
+        )),
+    }
+}
+
+async fn convert<B>(state: &State, request: Request<B>) -> Response<Full<Bytes>>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let body = match read_body(state, request, "conversion").await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    match conversion::review(&state.conversions, &body) {
+        Ok(body) => reply(StatusCode::OK, "application/json", body),
+        Err(message) => plain(StatusCode::BAD_REQUEST, message),
+    }
 }
 
 async fn admit<B>(state: &State, handler: &dyn Admit, request: Request<B>) -> Response<Full<Bytes>>
@@ -724,23 +797,9 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let registration = handler.registration();
-    let body = match Limited::new(request.into_body(), state.body_limit)
-        .collect()
-        .await
-    {
-        Ok(body) => body.to_bytes(),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            return plain(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("admission request larger than {} bytes", state.body_limit),
-            );
-        }
-        Err(error) => {
-            return plain(
-                StatusCode::BAD_REQUEST,
-                format!("reading the admission request: {error}"),
-            );
-        }
+    let body = match read_body(state, request, "admission").await {
+        Ok(body) => body,
+        Err(response) => return response,
     };
     let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(&body) {
         Ok(review) => review,
@@ -814,7 +873,7 @@ where
     }
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
@@ -860,6 +919,7 @@ mod tests {
         State {
             metrics: WebhookMetrics::new(Some(metrics), routes.keys().map(String::as_str)),
             routes,
+            conversions: Vec::new(),
             body_limit: 64 * 1024,
         }
     }
