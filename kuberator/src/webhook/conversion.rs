@@ -405,8 +405,8 @@ mod tests {
         use super::*;
         #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
         #[kube(group = "example.com", version = "v1alpha1", kind = "Site", namespaced)]
-        pub struct SiteSpec {
-            pub image: String,
+        pub(crate) struct SiteSpec {
+            pub(crate) image: String,
         }
     }
 
@@ -414,9 +414,9 @@ mod tests {
         use super::*;
         #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
         #[kube(group = "example.com", version = "v1", kind = "Site", namespaced)]
-        pub struct SiteSpec {
-            pub image: String,
-            pub tag: String,
+        pub(crate) struct SiteSpec {
+            pub(crate) image: String,
+            pub(crate) tag: String,
         }
     }
 
