@@ -46,6 +46,7 @@
 //!     namespaces("default", "shop"),               // default: all namespaces
 //!     caching = Strict,                            // default: Strict with namespaces, else Extendable
 //!     concurrency = 8,                             // default: 1 (sequential)
+//!     skip_observed_on_start = true,               // default: false (every object applied at start)
 //!     owns(ConfigMap, Service),                    // default: none
 //!     labels = "app=web",                          // default: every object
 //!     events = "website-operator",                 // default: no event recorder
@@ -237,6 +238,7 @@ pub fn derive_as_status_error(input: TokenStream) -> TokenStream {
 /// | `namespaces("a", "b")` | all namespaces | watch (and pre-cache API handles for) only these namespaces; DNS-1123 labels, at least one; only for namespaced resources |
 /// | `caching = Strict \| Adhoc \| Extendable` | `Strict` with `namespaces`, else `Extendable` | how API handles for namespaces outside the pre-cached ones are treated: `Strict` refuses them, `Adhoc` builds one each time, `Extendable` caches them on first use |
 /// | `concurrency = N` | `1` (sequential) | at most N objects reconciled at once, 1 ≤ N ≤ 65535; one object is never reconciled twice at once |
+/// | `skip_observed_on_start = true` | `false` | on the initial list after a (re)start, skip the objects whose `status.observedGeneration` equals `metadata.generation` (the status implements `ObserveGeneration`) unless they are being deleted or lack the finalizer; the children's initial list does not re-trigger owners either (`kuberator::Operator::skip_observed_on_start`). `apply` must be idempotent either way |
 /// | `owns(ConfigMap, Service)` | none | also reconcile the owner when the spec of an owned child of these kinds changes (a new generation; any change for kinds without one) or the child is deleted; the echo of the operator's own `ctx.apply_child` writes does not re-trigger it |
 /// | `owns(Deployment, on = "status")` | `on = "spec"` | `on` after a child: `"status"` re-triggers on every change of it, status updates included (`kuberator::runtime::ChildChanges`) |
 /// | `labels = "app=web"` | every object | a label selector (`a=b`, `a!=b`, `a in (x, y)`, `a notin (x)`, `a`, `!a`, comma-separated), checked at compile time |

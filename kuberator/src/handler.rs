@@ -573,6 +573,7 @@ where
             .request_guard(guard)
             .own_writes(own_writes)
             .on_undecodable(finalizer, events)
+            .own_finalizer(finalizer)
     }
 }
 

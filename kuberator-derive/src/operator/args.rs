@@ -8,13 +8,13 @@ use darling::{Error, FromMeta};
 use proc_macro2::TokenStream;
 use syn::parse::Parser;
 use syn::punctuated::Punctuated;
-use syn::{Expr, ExprLit, Ident, Lit, LitInt, LitStr, Meta, Path, Token, Type};
+use syn::{Expr, ExprLit, Ident, Lit, LitBool, LitInt, LitStr, Meta, Path, Token, Type};
 
 use crate::paths::crate_path;
 use crate::util::{error_at, error_at_span, source, unknown};
 
 /// Every key, in the order the docs list them.
-pub(crate) const KEYS: [&str; 16] = [
+pub(crate) const KEYS: [&str; 17] = [
     "resource",
     "name",
     "field_manager",
@@ -24,6 +24,7 @@ pub(crate) const KEYS: [&str; 16] = [
     "namespaces",
     "caching",
     "concurrency",
+    "skip_observed_on_start",
     "owns",
     "labels",
     "events",
@@ -53,6 +54,7 @@ pub(crate) struct OperatorArgs {
     pub(crate) namespaces: Option<Keyed<Vec<LitStr>>>,
     pub(crate) caching: Option<Keyed<Path>>,
     pub(crate) concurrency: Option<Keyed<LitInt>>,
+    pub(crate) skip_observed_on_start: Option<Keyed<LitBool>>,
     pub(crate) owns: Option<Keyed<Vec<OwnedChild>>>,
     pub(crate) labels: Option<Keyed<LitStr>>,
     pub(crate) events: Option<Keyed<LitStr>>,
@@ -420,6 +422,19 @@ impl OperatorArgs {
                     });
                     set(errors, &mut args.concurrency, path, value);
                 }
+                "skip_observed_on_start" => {
+                    let value = name_value(meta).and_then(|value| match value {
+                        Expr::Lit(ExprLit {
+                            lit: Lit::Bool(flag),
+                            ..
+                        }) => Ok(flag.clone()),
+                        other => Err(error_at(
+                            other,
+                            "expected `true` or `false`, like `skip_observed_on_start = true`",
+                        )),
+                    });
+                    set(errors, &mut args.skip_observed_on_start, path, value);
+                }
                 "owns" => {
                     let value = list(meta).and_then(owned_children);
                     set(errors, &mut args.owns, path, value);
@@ -547,6 +562,7 @@ pub(crate) fn example(key: &str) -> Option<&'static str> {
         "namespaces" => "namespaces(\"default\", \"shop\")",
         "caching" => "caching = Strict",
         "concurrency" => "concurrency = 8",
+        "skip_observed_on_start" => "skip_observed_on_start = true",
         "owns" => "owns(ConfigMap, Deployment, on = \"status\")",
         "labels" => "labels = \"app=web\"",
         "events" => "events = \"website-operator\"",

@@ -108,6 +108,11 @@ pub(crate) fn operator(op: &Operator, handlers: &[ImplItemFn]) -> TokenStream {
 
     // The runner: concurrency, label selector, owned kinds (spanned: bounds land on the child).
     let concurrency = proc_macro2::Literal::u16_unsuffixed(op.concurrency.0);
+    // Spanned at the key: a resource without an `ObserveGeneration` status is reported there.
+    let skip_observed = op
+        .skip_observed_on_start
+        .as_ref()
+        .map(|key| quote_spanned!(at(key.span())=> .skip_observed_on_start(true)));
     let labels = op.labels.as_ref().map(|labels| {
         let selector = labels.as_str();
         quote!(.label_selector(#selector))
@@ -287,6 +292,7 @@ pub(crate) fn operator(op: &Operator, handlers: &[ImplItemFn]) -> TokenStream {
                     ::core::result::Result::Ok(
                         #root::Operator::new(HandlerOperator { handler, ctx })
                             .concurrency(#concurrency)
+                            #skip_observed
                             #labels
                             #(#owns_on)*
                             #leader_election

@@ -34,6 +34,8 @@ pub(crate) struct Operator {
     /// The strategy's path when written with a prefix (`CachingStrategy::Strict`), emitted as is.
     pub(crate) caching_path: Option<Path>,
     pub(crate) concurrency: Concurrency,
+    /// `skip_observed_on_start = true`: the key, to span the status bound at.
+    pub(crate) skip_observed_on_start: Option<Path>,
     /// Each child with the changes that re-trigger its owner (`None`: the default, spec).
     pub(crate) owns: Vec<(Type, Option<ChildOn>)>,
     pub(crate) labels: Option<LabelSelector>,
@@ -140,6 +142,10 @@ impl Operator {
             Some(keyed) => errors.handle(Concurrency::new(&keyed.value)),
             None => Some(Concurrency(1)),
         };
+        let skip_observed_on_start = args
+            .skip_observed_on_start
+            .filter(|keyed| keyed.value.value)
+            .map(|keyed| keyed.key);
         let owns = match args.owns {
             Some(keyed) if keyed.value.is_empty() => {
                 errors.push(error_at(
@@ -353,6 +359,7 @@ impl Operator {
                     caching,
                     caching_path,
                     concurrency,
+                    skip_observed_on_start,
                     owns,
                     labels,
                     events,

@@ -1,13 +1,15 @@
 //! Which changes of an owned child re-trigger its owner: spec changes and deletion (the default),
 //! or every change, status included.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use kube::{
     Resource,
     runtime::reflector::{ObjectRef, Store},
 };
+
+use super::live_map::LiveMap;
 
 /// Which changes of an owned child re-trigger its owner
 /// ([`Operator::owns_with`](crate::Operator::owns_with), macro `owns(Deployment, on = "status")`).
@@ -48,24 +50,21 @@ impl ChildChanges {
     where
         C: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
     {
-        let mut seen: HashMap<ObjectRef<C>, String> = HashMap::new();
+        let mut seen = LiveMap::new(cache);
         children.filter(move |child| {
             let keep = match self {
                 ChildChanges::Status => true,
                 ChildChanges::Spec => {
                     let key = ObjectRef::from_obj(child.as_ref());
-                    if cache.get(&key).is_none() {
-                        seen.remove(&key);
-                        true
-                    } else {
+                    if seen.cached(&key) {
                         seen.insert(key, spec_version(child.as_ref()))
                             != Some(spec_version(child.as_ref()))
+                    } else {
+                        seen.remove(&key);
+                        true
                     }
                 }
             };
-            if seen.len() > 1024 && seen.len() > 2 * cache.len() {
-                seen.retain(|key, _| cache.get(key).is_some());
-            }
             futures::future::ready(keep)
         })
     }

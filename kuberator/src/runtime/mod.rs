@@ -5,6 +5,7 @@ mod child_changes;
 mod dispatch;
 pub mod health;
 pub mod leader;
+mod live_map;
 mod manager;
 pub mod metrics;
 mod operator;
@@ -15,6 +16,7 @@ mod served;
 pub mod shard;
 mod shared;
 mod shutdown;
+mod start_skip;
 mod timeout;
 mod watch;
 

@@ -2,8 +2,8 @@
 //! backoff, panic guard, graceful shutdown.
 
 use std::{
-    any::TypeId, collections::HashMap, fmt::Debug, future::Future, net::SocketAddr,
-    panic::AssertUnwindSafe, pin::Pin, sync::Arc, time::Duration,
+    any::TypeId, fmt::Debug, future::Future, net::SocketAddr, panic::AssertUnwindSafe, pin::Pin,
+    sync::Arc, time::Duration,
 };
 
 use async_trait::async_trait;
@@ -33,6 +33,7 @@ use super::{
     dispatch::{Dispatch, Origin},
     health::HealthRoutes,
     leader::{LeaderElection, Leadership},
+    live_map::LiveMap,
     manager::{
         BoxedShutdown, Controller as ManagedController, IntoControllerSealed, Manager,
         ProcessSettings, Read, ReadinessGate, Services, Setup,
@@ -45,6 +46,7 @@ use super::{
     shard::{Admission, Sharding, Shards},
     shared::{Caches, SharedWatches},
     shutdown::shutdown_signal,
+    start_skip::{StartSkip, UpToDate},
     timeout::{DEFAULT_RECONCILE_TIMEOUT, with_timeout},
     watch::{OnUndecodable, typed_watch, with_watch_backoff},
 };
@@ -94,8 +96,11 @@ pub fn default_error_policy(error: &Error, failures: u32, backoff: &Backoff) -> 
     }
 }
 
-type OwnsFn<R> =
-    Box<dyn Fn(Controller<R>, &mut Wiring<'_>, Option<&str>) -> Controller<R> + Send + Sync>;
+type OwnsFn<R> = Box<
+    dyn Fn(Controller<R>, &mut Wiring<'_>, Option<&str>, Option<&StartSkip<R>>) -> Controller<R>
+        + Send
+        + Sync,
+>;
 
 /// What an `owns`/`watches` step needs to subscribe to the manager's shared watches.
 struct Wiring<'a> {
@@ -158,6 +163,8 @@ pub struct Operator<R: Object> {
     webhooks: crate::webhook::Settings,
     release_undecodable: Option<String>,
     events: Option<crate::events::EventRecorder>,
+    skip_observed: Option<UpToDate<R>>,
+    finalizer: Option<String>,
 }
 
 /// controller-runtime's default graceful-shutdown timeout: 30 s.
@@ -200,6 +207,8 @@ where
             webhooks: crate::webhook::Settings::default(),
             release_undecodable: None,
             events: None,
+            skip_observed: None,
+            finalizer: None,
         }
     }
 }
@@ -250,6 +259,45 @@ impl<R: Object> Operator<R> {
         self
     }
 
+    /// Skips, on the initial list after a start, the objects whose `status.observedGeneration`
+    /// already equals `metadata.generation` (off by default): a restarted operator then does
+    /// not re-apply every object it reconciled before (no thundering herd on restart). An
+    /// object that is being deleted, or that lacks the operator's finalizer (set by
+    /// [`Operator::new`] from the handler's), is reconciled as usual, as is every object whose
+    /// generation moved on while the operator was down. With [`owns`](Operator::owns), the
+    /// children's initial list does not re-trigger their owners either (each owner's own entry
+    /// decides); a change of a child after its first sighting, a deletion, still does.
+    ///
+    /// Skipped objects are reconciled again at their next change only: an `apply` that relies
+    /// on [`Action::requeue`] to correct drift gets no periodic run for them until then.
+    /// Without the opt-in every object is applied again after a restart, which is why `apply`
+    /// must be idempotent either way.
+    ///
+    /// Macro key: `skip_observed_on_start = true`.
+    #[must_use]
+    pub fn skip_observed_on_start(mut self, enabled: bool) -> Self
+    where
+        R: kube::core::object::HasStatus,
+        R::Status: crate::status::ObserveGeneration,
+    {
+        self.skip_observed = enabled.then(|| -> UpToDate<R> {
+            Arc::new(|object: &R| {
+                use crate::status::ObserveGeneration as _;
+                let observed = kube::core::object::HasStatus::status(object)
+                    .and_then(|status| status.observed_generation());
+                observed.is_some() && observed == object.meta().generation
+            })
+        });
+        self
+    }
+
+    /// The operator's finalizer: an object without it is never skipped at start
+    /// ([`skip_observed_on_start`](Operator::skip_observed_on_start)).
+    pub(crate) fn own_finalizer(mut self, finalizer: Option<&str>) -> Self {
+        self.finalizer = finalizer.map(str::to_owned);
+        self
+    }
+
     /// The retry backoff after errors.
     #[must_use]
     pub fn backoff(mut self, backoff: Backoff) -> Self {
@@ -285,8 +333,8 @@ impl<R: Object> Operator<R> {
         Child::Scope: ApiScope,
     {
         self.watched.push(WatchedKind::of::<Child>());
-        self.owns
-            .push(Box::new(move |controller, wiring, namespace| {
+        self.owns.push(Box::new(
+            move |controller, wiring, namespace, start_skip| {
                 let client = wiring.client.clone();
                 let ns = namespace.map(str::to_owned);
                 let make = move |_| {
@@ -303,9 +351,17 @@ impl<R: Object> Operator<R> {
                 );
                 // Which changes count first (it must see the own writes' generations too),
                 // then the echo of own writes is dropped.
-                let children = changes.filter(children, cache);
-                controller.owns_shared_stream(wiring.own_writes.filter(children))
-            }));
+                let children = wiring
+                    .own_writes
+                    .filter(changes.filter(children, cache.clone()));
+                match start_skip {
+                    Some(skip) => {
+                        controller.owns_shared_stream(skip.clone().children(children, cache))
+                    }
+                    None => controller.owns_shared_stream(children),
+                }
+            },
+        ));
         self
     }
 
@@ -337,7 +393,7 @@ impl<R: Object> Operator<R> {
     {
         self.watched.push(WatchedKind::of::<Other>());
         self.owns
-            .push(Box::new(move |controller, wiring, namespace| {
+            .push(Box::new(move |controller, wiring, namespace, _| {
                 let client = wiring.client.clone();
                 let ns = namespace.map(str::to_owned);
                 let make = move |_| {
@@ -798,6 +854,13 @@ impl<R: Object> ManagedController for Operator<R> {
         });
         let mut loops = SelectAll::new();
         for (scope, reader, changed, dispatch) in subscribed {
+            let start_skip = this.skip_observed.clone().map(|up_to_date| {
+                StartSkip::new(up_to_date, this.finalizer.clone(), reader.clone())
+            });
+            let changed: BoxStream<'static, (Arc<R>, Origin)> = match &start_skip {
+                Some(skip) => skip.clone().primaries(changed).boxed(),
+                None => changed.boxed(),
+            };
             let changed: BoxStream<'static, (Arc<R>, Origin)> = if this.generation_filter {
                 generation_filtered(changed, reader.clone(), services.shards.clone()).boxed()
             } else {
@@ -821,7 +884,12 @@ impl<R: Object> ManagedController for Operator<R> {
                 own_writes: &this.own_writes,
             };
             for owns in &this.owns {
-                controller = owns(controller, &mut wiring, scope.as_deref());
+                controller = owns(
+                    controller,
+                    &mut wiring,
+                    scope.as_deref(),
+                    start_skip.as_ref(),
+                );
             }
             if let Some(shutdown) = &services.shutdown {
                 controller = controller.graceful_shutdown_on(shutdown.clone());
@@ -933,7 +1001,7 @@ fn generation_filtered<R: Object>(
     cache: reflector::Store<R>,
     shards: Option<Arc<Shards>>,
 ) -> impl futures::Stream<Item = (Arc<R>, Origin)> + Send + 'static {
-    let mut seen: HashMap<ObjectRef<R>, u64> = HashMap::new();
+    let mut seen = LiveMap::new(cache);
     changed.filter(move |(object, _)| {
         // With sharding, an owner label another replica wrote (a drain, a claim) counts too.
         let shard = shards
@@ -943,9 +1011,6 @@ fn generation_filtered<R: Object>(
             Some(hash) => seen.insert(ObjectRef::from_obj(object.as_ref()), hash) != Some(hash),
             None => true,
         };
-        if seen.len() > 1024 && seen.len() > 2 * cache.len() {
-            seen.retain(|key, _| cache.get(key).is_some());
-        }
         futures::future::ready(keep)
     })
 }

@@ -5,12 +5,12 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::{Arc, Mutex, PoisonError},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use futures::{Stream, StreamExt};
 use kube::Resource;
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 
 /// How many resourceVersions of one child are remembered (a reconcile applying one child
 /// several times).
@@ -312,6 +312,22 @@ mod tests {
         };
         let events = writes.filter(futures::stream::iter([Arc::new(meta)]));
         assert_eq!(events.count().await, 0);
+    }
+
+    /// Children written and never echoed (deleted before their event came) are forgotten: the
+    /// map stays bounded under churn.
+    #[tokio::test(start_paused = true)]
+    async fn writes_without_an_echo_are_forgotten() {
+        let writes = OwnWrites::new();
+        for i in 0..3 * PRUNE_ABOVE {
+            writes
+                .begin(&*child(&format!("gone-{i}"), ""))
+                .answered(Some("1"));
+        }
+        assert!(writes.lock().len() > PRUNE_ABOVE);
+        tokio::time::advance(KEEP + Duration::from_secs(1)).await;
+        writes.begin(&*child("live", "")).answered(Some("2"));
+        assert_eq!(writes.lock().len(), 1);
     }
 
     #[tokio::test]
