@@ -1102,10 +1102,10 @@ async fn wait_values(client: &Client, names: &[String], value: i32) {
     }
 }
 
-/// Waits until `journal` has seen `applies` applies and `cleanups` cleanups of `names`, or 30 s.
-async fn wait_journal(journal: &Journal, names: &[String], applies: usize) {
+/// Waits until `journal` has seen at least one apply of each of `names`, or 30 s.
+async fn wait_journal(journal: &Journal, names: &[String]) {
     let started = Instant::now();
-    while names.iter().map(|n| journal.applies(n)).sum::<usize>() < applies
+    while names.iter().any(|n| journal.applies(n) == 0)
         && started.elapsed() < Duration::from_secs(30)
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1161,7 +1161,7 @@ async fn restart_skips_objects_observed_at_their_generation() {
     let plain = Running::start(client.clone(), |o| o);
     converge(&client, 19, &plain, "restart without the opt-in").await;
     let live: Vec<String> = names.iter().filter(|n| *n != deleted).cloned().collect();
-    wait_journal(&plain.journal, &live, live.len()).await;
+    wait_journal(&plain.journal, &live).await;
     let (min, max, mean) = per_object(&plain.journal, &live);
     eprintln!("restart without the opt-in: applies per object {min}..{max} (mean {mean:.2})");
     assert!(min >= 1, "without the opt-in every object is applied again");
