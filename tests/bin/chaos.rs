@@ -341,8 +341,8 @@ async fn outage() -> anyhow::Result<()> {
     let live: Vec<String> = all[100..].to_vec();
     set_all(&client, &live, 3, 16).await;
     delete_all(&client, &all[50..100], 16).await;
-    let recovered =
-        after.elapsed() + converge(&client, &mut operator, live.len() + 1, "after the outage").await?;
+    let recovered = after.elapsed()
+        + converge(&client, &mut operator, live.len() + 1, "after the outage").await?;
     println!(
         "outage: 500 objects created and converged in {baseline:.1?}; no fault: 450 updates + 50 \
          deletes converged in {no_fault:.1?}; API server killed 5 s: first reconcile \
