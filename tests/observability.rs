@@ -8,8 +8,10 @@ use std::{
 };
 
 use kube::api::PostParams;
-use kuberator::{Action, Error, Operator, Reconciler, Result, testing::TestEnv};
-use tokio::sync::oneshot;
+use kuberator::{
+    Action, Error, Operator, Reconciler, Result,
+    testing::{TestEnv, background},
+};
 use tracing_subscriber::fmt::MakeWriter;
 
 use crate::support::*;
@@ -110,11 +112,8 @@ async fn handler_lines_carry_the_object_and_errors_name_it() {
         .start()
         .await
         .expect("control plane");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let operator = Operator::with_reconciler(env.client(), Chatty).shutdown_on(async move {
-        let _ = stopped.await;
-    });
-    let task = tokio::spawn(operator.run());
+    let operator = Operator::with_reconciler(env.client(), Chatty);
+    let running = background(|stop| operator.shutdown_on(stop).run());
     let api = api::<Widget>(env.client());
     for (name, mode) in [("traced", Mode::Ok), ("broken", Mode::Fail)] {
         api.create(&PostParams::default(), &Widget::build(name, 7, mode))
@@ -146,8 +145,7 @@ async fn handler_lines_carry_the_object_and_errors_name_it() {
     for field in ["namespace=default", "name=broken", "the test asked to fail"] {
         assert!(failed.contains(field), "{field} missing in {failed:?}");
     }
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    running.stop().await.unwrap().unwrap();
 }
 
 /// With the `opentelemetry` feature, a real operator's reconcile is exported as a `reconcile`
@@ -183,11 +181,8 @@ async fn reconcile_spans_are_exported_with_the_object_and_trace_id() {
         .start()
         .await
         .expect("control plane");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let operator = Operator::with_reconciler(env.client(), Chatty).shutdown_on(async move {
-        let _ = stopped.await;
-    });
-    let task = tokio::spawn(operator.run());
+    let operator = Operator::with_reconciler(env.client(), Chatty);
+    let running = background(|stop| operator.shutdown_on(stop).run());
     api::<Widget>(env.client())
         .create(
             &PostParams::default(),
@@ -239,7 +234,6 @@ async fn reconcile_spans_are_exported_with_the_object_and_trace_id() {
         "{trace_id} missing in {hello:?}"
     );
 
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    running.stop().await.unwrap().unwrap();
     provider.shutdown().unwrap();
 }
