@@ -279,6 +279,8 @@ pub struct Leadership {
     /// Until when this replica may act as the leader: the last successful renewal's send time
     /// plus the renew deadline (`None` while not leading).
     valid_until: Arc<Mutex<Option<Instant>>>,
+    /// The current (or last) term.
+    term: Arc<Mutex<Term>>,
     stopping: watch::Sender<bool>,
     stop: Mutex<Option<oneshot::Sender<()>>>,
     task: Mutex<Option<JoinHandle<()>>>,
@@ -323,6 +325,21 @@ impl Leadership {
         *lock(&self.valid_until)
     }
 
+    /// How many terms this replica has begun leading (0 before the first). A replica that
+    /// lost the Lease (or its renew deadline passed) and won it again is in a new term: work
+    /// begun in one term never continues into the next (see [`while_leader`](Self::while_leader)).
+    pub fn term(&self) -> u64 {
+        lock(&self.term).number
+    }
+
+    /// When the current (or last) term began, and whether the Lease already existed then (it
+    /// was not created for this term): some replica may have held it, or considered it
+    /// expired, before.
+    pub(crate) fn term_began(&self) -> Option<(Instant, bool)> {
+        let term = lock(&self.term);
+        term.began.map(|began| (began, term.resumed))
+    }
+
     /// A receiver of every change of [`is_leader`](Self::is_leader).
     pub fn subscribe(&self) -> watch::Receiver<bool> {
         self.state.subscribe()
@@ -364,16 +381,18 @@ impl Leadership {
     ///
     /// `work` is never polled once the renew deadline has passed without a renewal (checked on
     /// the clock before every poll), so a paused leader that wakes up past its deadline does not
-    /// run one more step of it.
+    /// run one more step of it, nor once a new [`term`](Self::term) began (a replica that lost
+    /// and won again between two polls).
     pub async fn while_leader<F: Future>(&self, work: F) -> Option<F::Output> {
         if !self.acquired().await {
             return None;
         }
+        let term = self.term();
         let mut work = std::pin::pin!(work);
         let mut lost = std::pin::pin!(self.lost());
         let mut expiry = std::pin::pin!(tokio::time::sleep_until(Instant::now()));
         std::future::poll_fn(|cx| {
-            if lost.as_mut().poll(cx).is_ready() || !self.is_leader() {
+            if lost.as_mut().poll(cx).is_ready() || !self.is_leader() || self.term() != term {
                 return std::task::Poll::Ready(None);
             }
             // Wake up at the deadline even if the election task is late to notice it.
@@ -530,6 +549,7 @@ fn spawn_elector<S: LeaseStore>(
 ) -> Leadership {
     let state = watch::Sender::new(false);
     let valid_until = Arc::new(Mutex::new(None));
+    let term = Arc::new(Mutex::new(Term::default()));
     let stopping = watch::Sender::new(false);
     let (stop, stopped) = oneshot::channel();
     if let Some(metrics) = &metrics {
@@ -540,9 +560,11 @@ fn spawn_elector<S: LeaseStore>(
         config: config.clone(),
         state: state.clone(),
         valid_until: valid_until.clone(),
+        term: term.clone(),
         metrics: metrics.clone(),
         wake,
         observed: None,
+        created: false,
     };
     let task = tokio::spawn(elector.run(stopped));
     Leadership {
@@ -550,12 +572,24 @@ fn spawn_elector<S: LeaseStore>(
         identity: config.identity,
         state,
         valid_until,
+        term,
         stopping,
         stop: Mutex::new(Some(stop)),
         task: Mutex::new(Some(task)),
         watch: Mutex::new(watch),
         metrics,
     }
+}
+
+/// A term of leadership.
+#[derive(Debug, Default)]
+struct Term {
+    /// Terms begun so far.
+    number: u64,
+    /// When the current (or last) one began.
+    began: Option<Instant>,
+    /// Whether the Lease existed when it began (not created for it).
+    resumed: bool,
 }
 
 /// The result of one attempt to acquire or renew.
@@ -581,10 +615,13 @@ struct Elector<S> {
     config: ElectionConfig,
     state: watch::Sender<bool>,
     valid_until: Arc<Mutex<Option<Instant>>>,
+    term: Arc<Mutex<Term>>,
     metrics: Option<Metrics>,
     wake: Arc<Notify>,
     /// The last Lease record seen and when (on our clock) it was first seen.
     observed: Option<(LeaseSpec, Instant)>,
+    /// Whether the last successful attempt created the Lease.
+    created: bool,
 }
 
 impl<S: LeaseStore> Elector<S> {
@@ -597,6 +634,12 @@ impl<S: LeaseStore> Elector<S> {
             };
             tracing::info!(%lease, %identity, "became leader");
             self.set_valid_until(Some(renewed + self.config.renew_deadline));
+            {
+                let mut term = lock(&self.term);
+                term.number += 1;
+                term.began = Some(renewed);
+                term.resumed = !self.created;
+            }
             self.set_leader(true);
             let end = self.lead(renewed, &mut stop).await;
             self.set_valid_until(None);
@@ -709,6 +752,7 @@ impl<S: LeaseStore> Elector<S> {
             let sent_at = Instant::now();
             let created = self.store.create(&lease).await?;
             self.observe(created.spec.unwrap_or_default(), sent_at);
+            self.created = true;
             return Ok(Attempt::Held(sent_at));
         };
         let spec = lease.spec.clone().unwrap_or_default();
@@ -738,6 +782,7 @@ impl<S: LeaseStore> Elector<S> {
         let sent_at = Instant::now();
         let written = self.store.replace(&lease).await?;
         self.observe(written.spec.unwrap_or_default(), sent_at);
+        self.created = false;
         Ok(Attempt::Held(sent_at))
     }
 
@@ -1191,6 +1236,33 @@ mod tests {
         b.shutdown();
         assert_eq!(waiting.await, None);
         assert!(!b.acquired().await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_begun_in_one_term_never_continues_into_the_next() {
+        let cluster = Cluster::default();
+        let a = cluster.elector("a", true);
+        wait_leader(&a, SECOND).await;
+        assert_eq!(a.term(), 1);
+        assert!(
+            matches!(a.term_began(), Some((_, false))),
+            "the first term created the Lease"
+        );
+        let mut work = std::pin::pin!(a.while_leader(tokio::time::sleep(SECOND * 3600)));
+        assert!(futures::poll!(work.as_mut()).is_pending());
+
+        // Not polled while `a` is cut off past its renew deadline and wins its Lease back.
+        cluster.lock().partitioned.insert("a".into());
+        tokio::time::sleep(DEFAULT_RENEW_DEADLINE + SECOND).await;
+        assert!(!a.is_leader());
+        cluster.lock().partitioned.clear();
+        wait_leader(&a, Duration::from_secs(30)).await;
+        assert_eq!(a.term(), 2);
+        assert!(
+            matches!(a.term_began(), Some((_, true))),
+            "the second term took over an existing Lease"
+        );
+        assert_eq!(work.await, None, "work of term 1 went on in term 2");
     }
 
     #[tokio::test(start_paused = true)]

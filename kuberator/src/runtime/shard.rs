@@ -24,7 +24,10 @@
 //! A member whose Lease it could not renew for the renew deadline stops at once: its running
 //! reconciles are dropped at their next `.await`, and the [`RequestGuard`](super::RequestGuard)
 //! refuses its writes (the other members consider its Lease valid for the longer lease
-//! duration, so it has stopped before anyone takes its objects over).
+//! duration, so it has stopped before anyone takes its objects over). When it renews again
+//! (a new term: nothing begun in the old one continues), it decides about no object for a lease
+//! duration, until the others have seen it back and its cache has caught up with what they
+//! took over; then it gets its share back through the same drain-then-claim handshake.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -112,6 +115,34 @@ impl Sharding {
         }
     }
 
+    /// Sharding over the members of `group` with membership Leases in the operator's own
+    /// namespace: `POD_NAMESPACE`, else the in-cluster service account's namespace, else the
+    /// client's default namespace (what `#[kuberator::operator(sharding = "…")]` uses).
+    ///
+    /// ```no_run
+    /// # async fn doc() -> kuberator::Result<()> {
+    /// use kuberator::runtime::Sharding;
+    ///
+    /// let client = kube::Client::try_default().await?;
+    /// let sharding = Sharding::in_operator_namespace(&client, "websites");
+    /// println!("membership Leases in {}", sharding.namespace());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn in_operator_namespace(client: &Client, group: impl Into<String>) -> Self {
+        Self::new(super::leader::current_namespace(client), group)
+    }
+
+    /// The namespace of the membership Leases.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The group's name.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
     /// This replica's name among the members (unique per replica; a valid label value, at
     /// most 63 characters).
     #[must_use]
@@ -193,6 +224,7 @@ impl Sharding {
             metrics: shard_metrics,
             watcher: Mutex::new(None),
             lease_duration: self.lease_duration,
+            own: Mutex::new(BTreeMap::new()),
             unknown_since: Mutex::new(HashMap::new()),
         });
         let api: Api<Lease> = Api::namespaced(client, &self.namespace);
@@ -217,6 +249,8 @@ pub struct Shards {
     metrics: Option<ShardMetrics>,
     watcher: Mutex<Option<JoinHandle<()>>>,
     lease_duration: Duration,
+    /// Per controller, the objects this replica's caches see labelled with its name.
+    own: Mutex<BTreeMap<String, i64>>,
     /// Owner labels naming a member no Lease names, and since when: a member that just joined
     /// may claim before its Lease reached this replica, so such a label is only taken over
     /// after a lease duration.
@@ -308,8 +342,9 @@ impl Shards {
         object: Arc<R>,
     ) -> Result<Admission<R>> {
         let view = self.members.borrow().clone();
-        if !view.synced || !view.live.contains(&self.identity) {
-            // Not a member yet, or the others' Leases not listed: no decision.
+        if !view.synced || !view.live.contains(&self.identity) || self.rejoining() {
+            // Not a member yet, the others' Leases not listed, or back after a lapse: no
+            // decision.
             return Ok(Admission::Wait(WAIT));
         }
         let key = shard_key(object.namespace().as_deref(), &object.name_any());
@@ -381,6 +416,18 @@ impl Shards {
         }
     }
 
+    /// Whether this replica is a member again after a lapse (or took over a Lease of its
+    /// identity that existed before it started) for less than a lease duration. Meanwhile the
+    /// others may still be taking over objects labelled with its name, deciding on views from
+    /// before they saw its Lease renewed (any such claim is written within their renew
+    /// deadline, shorter than the lease duration), and its own cache may still hold labels from
+    /// before the lapse: it decides nothing until both have settled.
+    fn rejoining(&self) -> bool {
+        self.membership
+            .term_began()
+            .is_some_and(|(began, resumed)| resumed && began.elapsed() < self.lease_duration)
+    }
+
     /// Whether an object labelled with `holder` may be claimed: `holder` is no live member, and
     /// either a Lease names it (expired or released) or its label has been seen for a lease
     /// duration without any Lease naming it.
@@ -401,14 +448,41 @@ impl Shards {
         since.elapsed() >= self.lease_duration
     }
 
+    /// Per controller, how many objects this replica's caches see labelled with its name
+    /// (counted every 2 s).
+    pub fn own_objects(&self) -> BTreeMap<String, i64> {
+        lock(&self.own).clone()
+    }
+
+    /// One line on this replica's view of its group, for `/readyz?verbose`:
+    /// `shard <group>: identity <me>, member <bool>, members [a, b], own objects <controller>=<n>`.
+    pub fn describe(&self) -> String {
+        let own: Vec<String> = self
+            .own_objects()
+            .iter()
+            .map(|(controller, count)| format!("{controller}={count}"))
+            .collect();
+        format!(
+            "shard {}: identity {}, member {}, members [{}], own objects {}",
+            self.group,
+            self.identity,
+            self.is_member(),
+            self.members().join(", "),
+            if own.is_empty() {
+                "none counted yet".to_owned()
+            } else {
+                own.join(", ")
+            }
+        )
+    }
+
     /// Counts the objects per owner label in `objects` into
-    /// `kuberator_shard_objects{controller, shard}`.
+    /// `kuberator_shard_objects{controller, shard}` and [`own_objects`](Self::own_objects).
     pub(crate) fn count<'a, R: Resource + 'a>(
         &self,
         controller: &str,
         objects: impl Iterator<Item = &'a R>,
     ) {
-        let Some(metrics) = &self.metrics else { return };
         let mut counts: BTreeMap<String, i64> = BTreeMap::new();
         for object in objects {
             let owner = object
@@ -418,7 +492,11 @@ impl Shards {
                 .unwrap_or_default();
             *counts.entry(owner).or_default() += 1;
         }
-        metrics.set_objects(controller, &counts);
+        let mine = counts.get(&self.identity).copied().unwrap_or(0);
+        lock(&self.own).insert(controller.to_owned(), mine);
+        if let Some(metrics) = &self.metrics {
+            metrics.set_objects(controller, &counts);
+        }
     }
 
     /// Leaves the group: releases the membership Lease (the other members take this replica's
