@@ -107,6 +107,8 @@ async fn a_standby_that_wins_reconciles_the_current_object() {
 const OWNER: &str = "kuberator.dev/shard-scale-test";
 /// The members' lease duration (`tests/bin/replica.rs`).
 const SHARD_LEASE: Duration = Duration::from_secs(4);
+/// The members' retry period (`tests/bin/replica.rs`).
+const SHARD_RETRY: Duration = Duration::from_secs(1);
 /// Objects the sharding test spreads.
 const OBJECTS: usize = 300;
 
@@ -119,6 +121,88 @@ fn sharded(i: usize) -> ConfigMap {
         },
         ..ConfigMap::default()
     }
+}
+
+/// A sharded object whose handler (`KUBERATOR_REPLICA_WRITES=1`) applies `want` into `done`.
+fn wanting(i: usize, want: u32) -> ConfigMap {
+    let mut object = sharded(i);
+    object.data = Some([("want".to_owned(), want.to_string())].into());
+    object
+}
+
+/// Sets `data.want` on every sharded object.
+async fn set_want(api: &Api<ConfigMap>, names: &[String], want: u32) {
+    let patch = serde_json::json!({ "data": { "want": want.to_string() } });
+    for name in names {
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    }
+}
+
+/// Waits until every sharded object has `done == want == value`.
+async fn wait_done(api: &Api<ConfigMap>, count: usize, value: u32, within: Duration) {
+    let end = std::time::Instant::now() + within;
+    loop {
+        let list = api
+            .list(&kube::api::ListParams::default().labels("kuberator-test=shard"))
+            .await
+            .unwrap();
+        let field = |cm: &ConfigMap, key: &str| cm.data.as_ref().and_then(|d| d.get(key)).cloned();
+        let pending: Vec<String> = list
+            .items
+            .iter()
+            .filter(|cm| {
+                field(cm, "want") != Some(value.to_string())
+                    || field(cm, "done") != Some(value.to_string())
+            })
+            .map(|cm| format!("{} {:?}", cm.name_any(), cm.data))
+            .collect();
+        if pending.is_empty() && list.items.len() == count {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "{} objects not done at {value} within {within:?}, e.g. {:?}",
+            pending.len(),
+            &pending[..pending.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The unix nanoseconds of an audit event's RFC 3339 timestamp.
+fn unix_nanos_of(timestamp: &str) -> u128 {
+    let parsed: k8s_openapi::jiff::Timestamp = timestamp.parse().unwrap();
+    u128::try_from(parsed.as_nanosecond()).unwrap()
+}
+
+/// The audit events of the replica `member` (by its User-Agent): `(received, verb, resource,
+/// name, code)`.
+fn requests_of(env: &TestEnv, member: &str) -> Vec<(u128, String, String, String, i64)> {
+    let agent = format!("kuberator-replica/{member}");
+    env.audit_events()
+        .unwrap()
+        .iter()
+        .filter(|e| e["userAgent"] == agent.as_str())
+        .map(|e| {
+            let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+            (
+                unix_nanos_of(e["requestReceivedTimestamp"].as_str().unwrap()),
+                text(&e["verb"]),
+                text(&e["objectRef"]["resource"]),
+                text(&e["objectRef"]["name"]),
+                e["responseStatus"]["code"].as_i64().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+fn is_write(verb: &str) -> bool {
+    matches!(
+        verb,
+        "create" | "update" | "patch" | "delete" | "deletecollection"
+    )
 }
 
 /// Object name -> owner label, for the sharded objects.
@@ -153,6 +237,7 @@ async fn settled(
     api: &Api<ConfigMap>,
     replicas: &[(&str, &Replica)],
     since: u128,
+    count: usize,
     within: Duration,
 ) -> (
     std::collections::BTreeMap<String, String>,
@@ -178,7 +263,7 @@ async fn settled(
                 None => missing.push(format!("{name} ({owner:?})")),
             }
         }
-        if missing.is_empty() && owners.len() == OBJECTS {
+        if missing.is_empty() && owners.len() == count {
             return (owners, started);
         }
         assert!(
@@ -297,7 +382,7 @@ async fn three_shards_split_the_objects_hand_a_quarter_to_a_fourth_and_take_over
         .collect::<Vec<_>>()
         .await;
     let three = [("shard-a", &a), ("shard-b", &b), ("shard-c", &c)];
-    let (initial, _) = settled(&api, &three, begin, 60 * SECOND).await;
+    let (initial, _) = settled(&api, &three, begin, OBJECTS, 60 * SECOND).await;
     let settled_in = crate::operations::millis(crate::operations::unix_nanos_now() - begin);
     let split = shares(&initial);
     eprintln!("3 shards, {OBJECTS} objects: settled in {settled_in:?}, shares {split:?}");
@@ -326,6 +411,24 @@ async fn three_shards_split_the_objects_hand_a_quarter_to_a_fourth_and_take_over
                 .filter(|l| l.starts_with("kuberator_shard"))
                 .collect::<Vec<_>>()
                 .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // And its `/readyz?verbose`: the member set and its own share.
+    let expected = format!(
+        "shard scale-test: identity shard-a, member true, members [shard-a, shard-b, shard-c], \
+         own objects configmaps={}",
+        split["shard-a"]
+    );
+    let end = std::time::Instant::now() + 10 * SECOND;
+    loop {
+        let (status, body) = crate::operations::http_get(health, "/readyz?verbose").await;
+        if status == 200 && body.lines().any(|line| line == expected) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "/readyz?verbose of shard-a ({status}):\n{body}\nexpected the line: {expected}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -398,7 +501,8 @@ async fn three_shards_split_the_objects_hand_a_quarter_to_a_fourth_and_take_over
         .map(|(name, _)| name.clone())
         .collect();
     let three = [("shard-a", &a), ("shard-b", &b), ("shard-d", &d)];
-    let (after_kill, started) = settled(&api, &three, killed, SHARD_LEASE + 25 * SECOND).await;
+    let (after_kill, started) =
+        settled(&api, &three, killed, OBJECTS, SHARD_LEASE + 25 * SECOND).await;
     let takeover = orphans
         .iter()
         .map(|name| crate::operations::millis(started[name] - killed))
@@ -426,6 +530,319 @@ async fn three_shards_split_the_objects_hand_a_quarter_to_a_fourth_and_take_over
         ("shard-a", &a, None),
         ("shard-b", &b, None),
         ("shard-c", &c, Some(killed)),
+        ("shard-d", &d, None),
+    ]);
+}
+
+/// Objects of the fencing test.
+const FENCED: usize = 30;
+
+/// Fencing for shards: one of three members is SIGSTOPped with reconciles in flight (each works
+/// 2 s before its write), past its membership Lease; the other two take its objects over within
+/// lease duration + retry period and apply the newest spec; on SIGCONT the stalled member writes
+/// nothing for the objects it lost (counted from the API server's audit log, by its User-Agent)
+/// until it is a member again, its in-flight reconciles are dropped unfinished, and it writes no
+/// stale value afterwards either.
+#[tokio::test]
+async fn a_stalled_shard_owner_writes_nothing_for_the_objects_it_lost() {
+    init_tracing();
+    let env = TestEnv::builder()
+        .audit_log(true)
+        .start()
+        .await
+        .expect("control plane");
+    let api: Api<ConfigMap> = Api::namespaced(env.client(), "default");
+    let vars = [
+        ("KUBERATOR_REPLICA_WRITES", "1".to_owned()),
+        ("KUBERATOR_REPLICA_WORK_MS", "2000".to_owned()),
+    ];
+    let a = Replica::spawn_mode("shard-a", &env, "shard", &vars);
+    let b = Replica::spawn_mode("shard-b", &env, "shard", &vars);
+    let c = Replica::spawn_mode("shard-c", &env, "shard", &vars);
+    for replica in [&a, &b, &c] {
+        wait_line(replica, "started", 30 * SECOND).await;
+    }
+    members_hold_leases(&env, 3).await;
+    tokio::time::sleep(2 * SECOND).await;
+    let begin = crate::operations::unix_nanos_now();
+    for i in 0..FENCED {
+        api.create(&PostParams::default(), &wanting(i, 1))
+            .await
+            .unwrap();
+    }
+    let three = [("shard-a", &a), ("shard-b", &b), ("shard-c", &c)];
+    let (initial, _) = settled(&api, &three, begin, FENCED, 60 * SECOND).await;
+    wait_done(&api, FENCED, 1, 60 * SECOND).await;
+    let names: Vec<String> = initial.keys().cloned().collect();
+    let lost: Vec<String> = initial
+        .iter()
+        .filter(|(_, owner)| *owner == "shard-c")
+        .map(|(name, _)| name.clone())
+        .collect();
+    assert!(!lost.is_empty(), "shard-c owns nothing: {initial:?}");
+
+    // Catch shard-c's reconciles of want 2 in flight (each works 2 s before it writes), then
+    // stall it.
+    let changed = crate::operations::unix_nanos_now();
+    set_want(&api, &names, 2).await;
+    let end = std::time::Instant::now() + 30 * SECOND;
+    while lost
+        .iter()
+        .all(|name| started_since(&c, name, changed).is_none())
+    {
+        assert!(
+            std::time::Instant::now() < end,
+            "shard-c started none of its reconciles"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stopped = c.signal("STOP");
+    let in_flight: Vec<String> = lost
+        .iter()
+        .filter(|name| started_since(&c, name, changed).is_some())
+        .cloned()
+        .collect();
+    assert!(
+        lines_with(&c, "wrote ")
+            .iter()
+            .all(|line| !line.contains(" 2 ")),
+        "shard-c wrote before it was stalled; the test caught nothing in flight"
+    );
+    // The newest spec, which only the other two can apply.
+    set_want(&api, &names, 3).await;
+    let two = [("shard-a", &a), ("shard-b", &b)];
+    let (_, started) = settled(&api, &two, stopped, FENCED, SHARD_LEASE + 30 * SECOND).await;
+    wait_done(&api, FENCED, 3, 60 * SECOND).await;
+    let takeover = lost
+        .iter()
+        .map(|name| crate::operations::millis(started[name] - stopped))
+        .max()
+        .unwrap();
+    eprintln!(
+        "stalled shard-c: its {} objects ({} reconciles in flight) taken over within {takeover:?}",
+        lost.len(),
+        in_flight.len()
+    );
+    assert!(
+        takeover <= SHARD_LEASE + SHARD_RETRY,
+        "shard-c's objects were taken over after {takeover:?} (bound: lease duration {SHARD_LEASE:?} + retry period {SHARD_RETRY:?})"
+    );
+
+    // Wake it up: it finds its membership lapsed, drops what was in flight, joins again and
+    // gets its share back through the drain handshake.
+    tokio::time::sleep(SECOND).await;
+    let resumed = c.signal("CONT");
+    let (back, _) = settled(&api, &three, resumed, FENCED, SHARD_LEASE + 30 * SECOND).await;
+    assert_eq!(
+        shares(&back).get("shard-c"),
+        Some(&lost.len()),
+        "shard-c got back its share"
+    );
+    wait_done(&api, FENCED, 3, 30 * SECOND).await;
+
+    let requests = requests_of(&env, "shard-c");
+    // Its membership is back with its first successful Lease write after SIGCONT.
+    let rejoined = requests
+        .iter()
+        .filter(|(at, verb, resource, _, code)| {
+            *at > resumed && is_write(verb) && resource == "leases" && *code < 300
+        })
+        .map(|(at, ..)| *at)
+        .min()
+        .expect("shard-c renewed its Lease after SIGCONT");
+    let fenced: Vec<String> = requests
+        .iter()
+        .filter(|(at, verb, resource, _, _)| {
+            *at > stopped && *at < rejoined && is_write(verb) && resource != "leases"
+        })
+        .map(|(at, verb, resource, name, code)| format!("{verb} {resource}/{name} {code} at {at}"))
+        .collect();
+    let after: Vec<&(u128, String, String, String, i64)> = requests
+        .iter()
+        .filter(|(at, verb, resource, _, _)| {
+            *at >= rejoined && is_write(verb) && resource != "leases"
+        })
+        .collect();
+    let dropped = lines_with(&c, "reconcile dropped ");
+    eprintln!(
+        "shard-c after SIGCONT: {} writes before it rejoined {:?} after the stop, {} after \
+         (audit log); {} reconciles dropped",
+        fenced.len(),
+        crate::operations::millis(rejoined - stopped),
+        after.len(),
+        dropped.len()
+    );
+    assert!(
+        fenced.is_empty(),
+        "shard-c wrote while it was no member: {fenced:#?}"
+    );
+    // Every reconcile in flight at the stop was dropped, none finished or wrote.
+    for name in &in_flight {
+        assert!(
+            dropped
+                .iter()
+                .any(|line| line.starts_with(&format!("reconcile dropped {name} "))),
+            "shard-c's reconcile of {name} in flight at the stop was not dropped: {:?}",
+            c.lines()
+        );
+    }
+    let stale: Vec<String> = lines_with(&c, "wrote ")
+        .into_iter()
+        .filter(|line| !line.contains(" 3 ") && !line.contains(" 1 "))
+        .collect();
+    assert_eq!(stale, Vec::<String>::new(), "shard-c wrote a stale value");
+    // Once back, it only claimed its own share (one label write each, the rendezvous owner
+    // among three), never an object of another member.
+    for (_, verb, _, name, _) in &after {
+        assert_eq!(verb, "patch");
+        assert_eq!(
+            back.get(name).map(String::as_str),
+            Some("shard-c"),
+            "{name}"
+        );
+    }
+}
+
+/// Objects of the finalizer test.
+const FINALIZED: usize = 90;
+
+/// Waits until no sharded object is left (each cleaned up and its finalizer removed).
+async fn all_gone(api: &Api<ConfigMap>, within: Duration) {
+    let end = std::time::Instant::now() + within;
+    loop {
+        let left = owners(api).await;
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "{} objects still there after {within:?} (finalizer leaked?), e.g. {:?}",
+            left.len(),
+            left.iter().take(5).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Finalizers and deletes during a rebalance: three members with a finalizer own 90 objects; a
+/// third of them is deleted while a fourth member joins, a third while one member leaves
+/// (SIGTERM), the rest once the group settled. Every object is cleaned up exactly once, no
+/// finalizer is left behind, and no object is reconciled by two members at once.
+#[tokio::test]
+async fn finalizers_and_deletes_keep_working_while_members_join_and_leave() {
+    let env = env().await;
+    let api: Api<ConfigMap> = Api::namespaced(env.client(), "default");
+    let vars = [
+        ("KUBERATOR_REPLICA_FINALIZER", "1".to_owned()),
+        ("KUBERATOR_REPLICA_WORK_MS", "200".to_owned()),
+    ];
+    let a = Replica::spawn_mode("shard-a", &env, "shard", &vars);
+    let b = Replica::spawn_mode("shard-b", &env, "shard", &vars);
+    let mut c = Replica::spawn_mode("shard-c", &env, "shard", &vars);
+    for replica in [&a, &b, &c] {
+        wait_line(replica, "started", 30 * SECOND).await;
+    }
+    members_hold_leases(&env, 3).await;
+    tokio::time::sleep(2 * SECOND).await;
+    let begin = crate::operations::unix_nanos_now();
+    for i in 0..FINALIZED {
+        api.create(&PostParams::default(), &sharded(i))
+            .await
+            .unwrap();
+    }
+    let three = [("shard-a", &a), ("shard-b", &b), ("shard-c", &c)];
+    settled(&api, &three, begin, FINALIZED, 60 * SECOND).await;
+    // Every object carries the finalizer before the deletes start.
+    let end = std::time::Instant::now() + 30 * SECOND;
+    loop {
+        let list = api
+            .list(&kube::api::ListParams::default().labels("kuberator-test=shard"))
+            .await
+            .unwrap();
+        let finalized = list
+            .items
+            .iter()
+            .filter(|cm| {
+                cm.finalizers()
+                    .iter()
+                    .any(|f| f == "kuberator.dev/test-cleanup")
+            })
+            .count();
+        if finalized == FINALIZED {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "{finalized} of {FINALIZED} objects got the finalizer"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let names: Vec<String> = (0..FINALIZED).map(|i| format!("obj-{i:04}")).collect();
+    let delete = |names: Vec<String>| {
+        let api = api.clone();
+        async move {
+            for name in names {
+                api.delete(&name, &kube::api::DeleteParams::default())
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    let thirds: Vec<Vec<String>> = names
+        .chunks(FINALIZED / 3)
+        .map(<[String]>::to_vec)
+        .collect();
+
+    // A fourth member joins while the first third is deleted.
+    let d = Replica::spawn_mode("shard-d", &env, "shard", &vars);
+    delete(thirds[0].clone()).await;
+    wait_line(&d, "started", 30 * SECOND).await;
+    members_hold_leases(&env, 4).await;
+    // One member leaves (SIGTERM: it finishes what runs, then releases its Lease) while the
+    // second third is deleted.
+    let left = c.signal("TERM");
+    delete(thirds[1].clone()).await;
+    c.wait_exit(30 * SECOND).await;
+    let exited = crate::operations::unix_nanos_now();
+    delete(thirds[2].clone()).await;
+    all_gone(&api, 60 * SECOND).await;
+
+    let replicas = [
+        ("shard-a", &a),
+        ("shard-b", &b),
+        ("shard-c", &c),
+        ("shard-d", &d),
+    ];
+    let mut cleanups: std::collections::BTreeMap<String, Vec<&str>> =
+        std::collections::BTreeMap::new();
+    for (member, replica) in &replicas {
+        for line in lines_with(replica, "cleanup ") {
+            let name = line.split(' ').nth(1).unwrap().to_owned();
+            cleanups.entry(name).or_default().push(*member);
+        }
+    }
+    let by_member = |member: &str| cleanups.values().filter(|m| m.contains(&member)).count();
+    eprintln!(
+        "deletes during a join and a leave: {} objects cleaned up (a {}, b {}, c {}, d {}), c left in {:?}",
+        cleanups.len(),
+        by_member("shard-a"),
+        by_member("shard-b"),
+        by_member("shard-c"),
+        by_member("shard-d"),
+        crate::operations::millis(exited - left)
+    );
+    for name in &names {
+        assert_eq!(
+            cleanups.get(name).map(Vec::len),
+            Some(1),
+            "{name} was cleaned up by {:?}",
+            cleanups.get(name)
+        );
+    }
+    assert_never_two_at_once(&[
+        ("shard-a", &a, None),
+        ("shard-b", &b, None),
+        ("shard-c", &c, Some(exited)),
         ("shard-d", &d, None),
     ]);
 }

@@ -16,7 +16,11 @@
 //! `KUBERATOR_REPLICA_MODE=shard` it is one member of the shard group `scale-test` (membership
 //! Leases of 4 s), reconciling ConfigMaps labelled `kuberator-test=shard` for
 //! `KUBERATOR_REPLICA_WORK_MS` (default 20) each, with `/metrics` on
-//! `KUBERATOR_REPLICA_HEALTH` if set.
+//! `KUBERATOR_REPLICA_HEALTH` if set. With `KUBERATOR_REPLICA_WRITES=1` too, a shard member
+//! applies `data.want` into `data.done` (see `Sharded`).
+//!
+//! Every replica sends the User-Agent `kuberator-replica/<identity>` (the audit log tells their
+//! requests apart by it).
 
 use std::{
     io::Read,
@@ -87,11 +91,16 @@ async fn main() -> anyhow::Result<()> {
         let _ = std::io::stdin().read_to_end(&mut Vec::new());
         std::process::exit(3);
     });
-    let config = kube::Config::from_custom_kubeconfig(
+    let mut config = kube::Config::from_custom_kubeconfig(
         Kubeconfig::read_from(kubeconfig)?,
         &KubeConfigOptions::default(),
     )
     .await?;
+    // Its own user agent, to tell its requests apart in the API server's audit log.
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_str(&format!("kuberator-replica/{identity}"))?,
+    ));
     let client = Client::try_from(config)?;
     match std::env::var("KUBERATOR_REPLICA_MODE").as_deref() {
         Ok("child") => return run_children(client, identity).await,
@@ -265,9 +274,13 @@ fn print_leadership(leadership: &kuberator::runtime::Leadership) {
 /// Shard members reconcile ConfigMaps with this label.
 const SHARD_LABEL: &str = "kuberator-test=shard";
 
-/// Prints `reconcile start|end <name> <t>` around `work` of (simulated) I/O.
+/// Prints `reconcile start|end <name> <t>` around `work` of (simulated) I/O. With a `writer`
+/// (`KUBERATOR_REPLICA_WRITES=1`, the fencing test), the work is only done for an object whose
+/// `data.want` differs from its `data.done`, and ends with a merge patch of `done = want`
+/// through the operator's guarded client, printed as `wrote <name> <want> <t>`.
 struct Sharded {
     work: Duration,
+    writer: Option<Client>,
 }
 
 #[async_trait::async_trait]
@@ -275,7 +288,80 @@ impl Reconciler<ConfigMap> for Sharded {
     async fn reconcile(&self, object: Arc<ConfigMap>) -> kuberator::Result<Action> {
         let name = object.name_any();
         println!("reconcile start {name} {}", unix_nanos());
+        let mut running = Unfinished(Some(name.clone()));
+        let field = |key: &str| object.data.as_ref().and_then(|data| data.get(key)).cloned();
+        match &self.writer {
+            None => tokio::time::sleep(self.work).await,
+            Some(client) => {
+                if let Some(want) = field("want")
+                    && field("done").as_ref() != Some(&want)
+                {
+                    tokio::time::sleep(self.work).await;
+                    let api: kube::Api<ConfigMap> =
+                        kube::Api::namespaced(client.clone(), "default");
+                    let patch = serde_json::json!({ "data": { "done": want } });
+                    api.patch(
+                        &name,
+                        &kube::api::PatchParams::default(),
+                        &kube::api::Patch::Merge(&patch),
+                    )
+                    .await
+                    .map_err(kuberator::Error::from)?;
+                    println!("wrote {name} {want} {}", unix_nanos());
+                }
+            }
+        }
+        running.0 = None;
+        println!("reconcile end {name} {}", unix_nanos());
+        Ok(Action::await_change())
+    }
+}
+
+/// Prints `reconcile dropped <name> <t>` when a reconcile is dropped before its end (the
+/// runtime cancelled it, e.g. its membership lapsed).
+struct Unfinished(Option<String>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(name) = self.0.take() {
+            println!("reconcile dropped {name} {}", unix_nanos());
+        }
+    }
+}
+
+/// The finalizer of `KUBERATOR_REPLICA_FINALIZER=1`.
+const SHARD_FINALIZER: &str = "kuberator.dev/test-cleanup";
+
+/// A shard member's handler with a finalizer: `apply` and `cleanup` print `reconcile
+/// start|end <name> <t>` around `work`, and `cleanup` prints `cleanup <name> <t>` when done.
+struct Finalizing {
+    ctx: kuberator::Ctx<ConfigMap>,
+    work: Duration,
+}
+
+#[async_trait::async_trait]
+impl kuberator::Handler<ConfigMap> for Finalizing {
+    fn ctx(&self) -> &kuberator::Ctx<ConfigMap> {
+        &self.ctx
+    }
+
+    async fn apply(&self, object: Arc<ConfigMap>) -> kuberator::Result<Action> {
+        let name = object.name_any();
+        println!("reconcile start {name} {}", unix_nanos());
+        let mut running = Unfinished(Some(name.clone()));
         tokio::time::sleep(self.work).await;
+        running.0 = None;
+        println!("reconcile end {name} {}", unix_nanos());
+        Ok(Action::await_change())
+    }
+
+    async fn cleanup(&self, object: Arc<ConfigMap>) -> kuberator::Result<Action> {
+        let name = object.name_any();
+        println!("reconcile start {name} {}", unix_nanos());
+        let mut running = Unfinished(Some(name.clone()));
+        tokio::time::sleep(self.work).await;
+        running.0 = None;
+        println!("cleanup {name} {}", unix_nanos());
         println!("reconcile end {name} {}", unix_nanos());
         Ok(Action::await_change())
     }
@@ -292,20 +378,36 @@ async fn run_shard(client: Client, identity: String) -> anyhow::Result<()> {
         .lease_duration(Duration::from_secs(4))
         .renew_deadline(Duration::from_secs(3))
         .retry_period(Duration::from_secs(1));
-    let mut operator = Operator::with_reconciler(
-        client,
-        Sharded {
-            work: Duration::from_millis(work),
-        },
-    )
-    .namespaces(["default"])
-    .label_selector(SHARD_LABEL)
-    .concurrency(8)
-    .sharding(sharding)
-    .shutdown_on(async {
-        kuberator::shutdown_signal().await;
-        println!("signal {}", unix_nanos());
-    });
+    // The handler's writes go through the operator's guard: refused once the membership lapsed.
+    let guard = kuberator::runtime::RequestGuard::new();
+    let writes = std::env::var("KUBERATOR_REPLICA_WRITES").is_ok_and(|v| v == "1");
+    let handler = Sharded {
+        work: Duration::from_millis(work),
+        writer: writes.then(|| guard.client(client.clone())),
+    };
+    let finalizing = std::env::var("KUBERATOR_REPLICA_FINALIZER").is_ok_and(|v| v == "1");
+    let operator = if finalizing {
+        let ctx = kuberator::Ctx::<ConfigMap>::builder(client)
+            .name("configmaps")
+            .namespaces(["default"])
+            .finalizer(Some(SHARD_FINALIZER))
+            .build()?;
+        Operator::new(Finalizing {
+            ctx,
+            work: handler.work,
+        })
+    } else {
+        Operator::with_reconciler(client, handler).request_guard(guard)
+    };
+    let mut operator = operator
+        .namespaces(["default"])
+        .label_selector(SHARD_LABEL)
+        .concurrency(8)
+        .sharding(sharding)
+        .shutdown_on(async {
+            kuberator::shutdown_signal().await;
+            println!("signal {}", unix_nanos());
+        });
     if let Ok(addr) = std::env::var("KUBERATOR_REPLICA_HEALTH") {
         operator = operator.health(addr.parse()?);
     }
