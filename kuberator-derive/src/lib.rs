@@ -51,6 +51,7 @@
 //!     labels = "app=web",                          // default: every object
 //!     events = "website-operator",                 // default: no event recorder
 //!     leader_election = "website-operator",        // default: every replica reconciles
+//!     sharding = "website-operator",               // default: no sharding (every replica, every object)
 //!     health = "0.0.0.0:8080",                     // default: no /metrics, /healthz, /readyz
 //!     webhooks = "website-webhooks",               // default: none (required by `validate` / `default`)
 //!     crate = kuberator,                           // default: `::kuberator` (for a renamed dependency)
@@ -244,6 +245,7 @@ pub fn derive_as_status_error(input: TokenStream) -> TokenStream {
 /// | `labels = "app=web"` | every object | a label selector (`a=b`, `a!=b`, `a in (x, y)`, `a notin (x)`, `a`, `!a`, comma-separated), checked at compile time |
 /// | `events = "website-operator"` | no recorder | gives `Ctx` an event recorder reporting as this component (`reportingController`, a qualified name); without it `ctx.emit` does nothing |
 /// | `leader_election = "website-operator"` | off | reconcile only while holding this Lease (in the operator's namespace: `POD_NAMESPACE`, the service account's, or the client's default); standbys keep warm caches |
+/// | `sharding = "website-operator"` | off | split the objects over the replicas: each holds a membership Lease `<group>-<identity>` in the operator's namespace and reconciles only the objects that hash to it, labelled `kuberator.dev/shard-<group>=<identity>` (`kuberator::runtime::Sharding::in_operator_namespace(&client, "website-operator")`); the group is a DNS label of at most 57 characters; `rbac_options()` is `sharded`, so the bundle gets the Lease role |
 /// | `health = "0.0.0.0:8080"` | off | serve `/metrics` (controller-runtime's metric names), `/healthz` and `/readyz` on this address |
 /// | `health(addr = "0.0.0.0:8080", liveness = "/health", readiness = "/ready", metrics = "/metrics", route("/", index))` | `/healthz`, `/readyz`, `/metrics` | the same with other paths (each must start with `/`) and extra routes, each an `async fn(Request<()>) -> Response<String>` (`kuberator::runtime::health`) |
 /// | `webhooks = "website-webhooks"` (or `"namespace/service"`) | none; required with `validate` / `default` | the admission webhooks' server: `kuberator::webhook::WebhookServer::in_operator_namespace(client, "website-webhooks")` (or `in_cluster("namespace", "service")`), HTTPS on `0.0.0.0:9443` behind that Service (port 443), a certificate it creates and rotates in the Secret `<service>-tls`, webhook configurations named after the Service with the CA as their `caBundle`. Replace it with `.webhook_server(WebhookServer::local())` on `operator(client)` next to a local API server such as `TestEnv` |

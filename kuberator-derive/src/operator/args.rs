@@ -14,7 +14,7 @@ use crate::paths::crate_path;
 use crate::util::{error_at, error_at_span, source, unknown};
 
 /// Every key, in the order the docs list them.
-pub(crate) const KEYS: [&str; 17] = [
+pub(crate) const KEYS: [&str; 18] = [
     "resource",
     "name",
     "field_manager",
@@ -29,6 +29,7 @@ pub(crate) const KEYS: [&str; 17] = [
     "labels",
     "events",
     "leader_election",
+    "sharding",
     "health",
     "webhooks",
     "crate",
@@ -59,6 +60,7 @@ pub(crate) struct OperatorArgs {
     pub(crate) labels: Option<Keyed<LitStr>>,
     pub(crate) events: Option<Keyed<LitStr>>,
     pub(crate) leader_election: Option<Keyed<LitStr>>,
+    pub(crate) sharding: Option<Keyed<LitStr>>,
     pub(crate) health: Option<Keyed<HealthValue>>,
     pub(crate) webhooks: Option<Keyed<LitStr>>,
     pub(crate) krate: Option<Keyed<Path>>,
@@ -463,6 +465,10 @@ impl OperatorArgs {
                     let value = name_value(meta).and_then(|v| string(v, "leader_election"));
                     set(errors, &mut args.leader_election, path, value);
                 }
+                "sharding" => {
+                    let value = name_value(meta).and_then(|v| string(v, "sharding"));
+                    set(errors, &mut args.sharding, path, value);
+                }
                 "health" => {
                     let value = health_value(meta);
                     set(errors, &mut args.health, path, value);
@@ -567,6 +573,7 @@ pub(crate) fn example(key: &str) -> Option<&'static str> {
         "labels" => "labels = \"app=web\"",
         "events" => "events = \"website-operator\"",
         "leader_election" => "leader_election = \"website-operator\"",
+        "sharding" => "sharding = \"website-operator\"",
         "health" => {
             "health = \"0.0.0.0:8080\"` or `health(addr = \"0.0.0.0:8080\", liveness = \"/health\")"
         }

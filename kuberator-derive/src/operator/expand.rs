@@ -145,6 +145,22 @@ pub(crate) fn operator(op: &Operator, handlers: &[ImplItemFn]) -> TokenStream {
             ))
         }
     });
+    // Sharding: membership Leases in the operator's namespace, like leader election's.
+    let sharding = op.sharding.as_ref().map(|group| {
+        let group = group.as_str();
+        quote! {
+            .sharding(#root::runtime::Sharding::in_operator_namespace(&client, #group))
+        }
+    });
+    let rbac_shard_marker = op.sharding.as_ref().map(|_| quote!(.sharded(true)));
+    let rbac_shards = op.sharding.as_ref().map(|group| {
+        let group = group.as_str();
+        quote! {
+            let options = options.sharding(
+                #root::runtime::Sharding::in_operator_namespace(&client, #group).namespace(),
+            );
+        }
+    });
     // The bundle's probes follow moved health paths (`Bundle::for_operator`).
     let probe_paths = op.health.as_ref().map(|health| {
         let liveness = health.liveness.as_ref().map(|path| {
@@ -296,6 +312,7 @@ pub(crate) fn operator(op: &Operator, handlers: &[ImplItemFn]) -> TokenStream {
                             #labels
                             #(#owns_on)*
                             #leader_election
+                            #sharding
                             #health
                             #add_webhook
                     )
@@ -307,12 +324,14 @@ pub(crate) fn operator(op: &Operator, handlers: &[ImplItemFn]) -> TokenStream {
                         .finalizer(#rbac_finalizer)
                         .events(#rbac_events)
                         #(#owns)*
+                        #rbac_shard_marker
                         #probe_paths
                 }
 
                 async fn run(self, client: #private::kube::Client) -> #root::Result<()> {
                     let options = <Self as #root::IntoOperator>::rbac_options();
                     #rbac_lease
+                    #rbac_shards
                     let #rbac_mut rbac = #root::manifests::rbac_rules_for::<#object>(&options);
                     let operator = <Self as #root::IntoOperator>::operator(self, client)?;
                     #webhook_rbac

@@ -220,6 +220,36 @@ mod tests {
     }
 
     #[test]
+    fn sharding_joins_a_group_in_the_operator_namespace_and_marks_the_rbac() {
+        let out = pretty(&expand(
+            quote!(resource = Website, sharding = "website-operator"),
+            quote! {
+                impl Websites {
+                    async fn apply(&self, site: Arc<Website>) -> Result<Action> { todo!() }
+                }
+            },
+        ));
+        let compact: String = out.split_whitespace().collect();
+        assert!(
+            compact.contains(
+                ".sharding(::kuberator::runtime::Sharding::in_operator_namespace(&client,\"website-operator\",),)"
+            ),
+            "{out}"
+        );
+        assert!(compact.contains(".sharded(true)"), "{out}");
+        assert!(compact.contains("options.sharding("), "{out}");
+        let wrong = expand(
+            quote!(resource = Website, sharding = "Web_Site"),
+            quote!(impl Websites { async fn apply(&self, o: Arc<Website>) -> Result<Action> {} }),
+        )
+        .to_string();
+        assert!(
+            wrong.contains("shard group `Web_Site` must be a DNS label"),
+            "{wrong}"
+        );
+    }
+
+    #[test]
     fn unparseable_arguments_are_one_error() {
         let out = expand(
             quote!(resource = ),

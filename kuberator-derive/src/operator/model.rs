@@ -42,6 +42,8 @@ pub(crate) struct Operator {
     pub(crate) events: Option<EventsComponent>,
     /// The Lease name, with leader election.
     pub(crate) leader_election: Option<LeaseName>,
+    /// The shard group, with sharding.
+    pub(crate) sharding: Option<ShardGroup>,
     /// The address of `/metrics`, `/healthz` and `/readyz`, their paths and extra routes.
     pub(crate) health: Option<Health>,
     /// The Service of the admission webhooks (`webhooks = …`), with the webhook methods.
@@ -184,6 +186,9 @@ impl Operator {
         let leader_election = args
             .leader_election
             .and_then(|keyed| errors.handle(LeaseName::new(&keyed.value)));
+        let sharding = args
+            .sharding
+            .and_then(|keyed| errors.handle(ShardGroup::new(&keyed.value)));
         let health = args
             .health
             .and_then(|keyed| errors.handle(Health::new(&keyed.value)));
@@ -364,6 +369,7 @@ impl Operator {
                     labels,
                     events,
                     leader_election,
+                    sharding,
                     health,
                     webhooks,
                     validate,
@@ -1259,6 +1265,32 @@ impl LeaseName {
                 format!(
                     "lease name `{name}` must be a DNS subdomain like `website-operator`: \
                      lowercase letters, digits, `-` and `.`"
+                ),
+            ))
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `sharding = "website-operator"`: the shard group, a DNS label of at most 57 characters (its
+/// membership Leases are named `<group>-<identity>`, its owner label
+/// `kuberator.dev/shard-<group>`).
+pub(crate) struct ShardGroup(String);
+
+impl ShardGroup {
+    fn new(lit: &LitStr) -> darling::Result<Self> {
+        let group = lit.value();
+        if is_dns_label(&group) && group.len() <= 57 {
+            Ok(ShardGroup(group))
+        } else {
+            Err(error_at(
+                lit,
+                format!(
+                    "shard group `{group}` must be a DNS label of at most 57 characters like \
+                     `website-operator`: lowercase letters, digits and `-`"
                 ),
             ))
         }

@@ -25,6 +25,7 @@ pub struct Websites {
     labels = "app=web,tier in (frontend, backend),!canary",
     events = "website-operator",
     leader_election = "website-operator",
+    sharding = "website-operator",
     health = "127.0.0.1:8080",
 )]
 impl Websites {
@@ -55,6 +56,8 @@ async fn main() {
         &Websites::rbac_options().leader_election("default"),
     );
     let yaml = rbac.to_yaml().unwrap();
+    // `sharding = …` marks the options (the bundle adds the membership Lease role).
+    assert!(Websites::rbac_options().is_sharded());
     assert!(yaml.contains("name: website-operator"), "{yaml}");
     for needed in [
         "websites/finalizers",
