@@ -88,6 +88,7 @@ pub struct RbacOptions {
     events: bool,
     owns: Vec<(String, String)>,
     lease_namespace: Option<String>,
+    sharded: bool,
     service_account: Option<ServiceAccountRef>,
     liveness_path: Option<String>,
     readiness_path: Option<String>,
@@ -122,6 +123,7 @@ impl RbacOptions {
             events: false,
             owns: Vec::new(),
             lease_namespace: None,
+            sharded: false,
             service_account: None,
             liveness_path: None,
             readiness_path: None,
@@ -197,8 +199,38 @@ impl RbacOptions {
     /// assert!(yaml.contains("namespace: ops"));
     /// ```
     #[must_use]
-    pub fn sharding(self, namespace: impl Into<String>) -> Self {
+    pub fn sharding(mut self, namespace: impl Into<String>) -> Self {
+        self.sharded = true;
         self.leader_election(namespace)
+    }
+
+    /// Whether the operator is sharded, without saying where its membership Leases live yet
+    /// (the generated `rbac_options()` of `#[kuberator::operator(sharding = "…")]` sets it; the
+    /// namespace is the operator's own, known at run time): no rules by itself, but
+    /// [`Bundle::for_operator`] then adds the Lease role in the bundle's namespace and allows
+    /// more than one replica (see [`Bundle::sharding`]).
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kuberator::manifests::{Bundle, RbacOptions};
+    ///
+    /// let options = RbacOptions::new("cm-operator").sharded(true);
+    /// let yaml = Bundle::for_operator_of::<ConfigMap>(&options)
+    ///     .image("example.com/cm-operator:1")
+    ///     .replicas(3)
+    ///     .to_yaml()
+    ///     .unwrap();
+    /// assert!(yaml.contains("leases"));
+    /// ```
+    #[must_use]
+    pub fn sharded(mut self, sharded: bool) -> Self {
+        self.sharded = sharded;
+        self
+    }
+
+    /// Whether [`sharded`](Self::sharded) or [`sharding`](Self::sharding) was set.
+    pub fn is_sharded(&self) -> bool {
+        self.sharded
     }
 
     /// The operator's liveness path when not `/healthz` (its

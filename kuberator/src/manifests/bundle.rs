@@ -78,6 +78,7 @@ pub struct Bundle {
     liveness_path: String,
     readiness_path: String,
     leader_election: bool,
+    sharding: bool,
     grants: Vec<Grant>,
     crds: Vec<CustomResourceDefinition>,
     args: Vec<String>,
@@ -101,6 +102,7 @@ impl Bundle {
             liveness_path: "/healthz".to_owned(),
             readiness_path: "/readyz".to_owned(),
             leader_election: false,
+            sharding: false,
             grants: Vec::new(),
             crds: Vec::new(),
             args: Vec::new(),
@@ -134,7 +136,9 @@ impl Bundle {
         R::Scope: ApiScope,
     {
         let name = format!("{}-operator", R::plural(&()));
-        let mut bundle = Bundle::new(name).rbac(super::rbac_rules_for::<R>(options));
+        let mut bundle = Bundle::new(name)
+            .rbac(super::rbac_rules_for::<R>(options))
+            .sharding(options.is_sharded());
         if let Some(path) = &options.liveness_path {
             bundle = bundle.liveness_path(path);
         }
@@ -204,7 +208,8 @@ impl Bundle {
     }
 
     /// How many replicas (default 1). More than one needs [`leader_election`](Bundle::leader_election)
-    /// and adds a PodDisruptionBudget keeping one available.
+    /// or [`sharding`](Bundle::sharding), and adds a PodDisruptionBudget (keeping one
+    /// available; with sharding, at most one unavailable).
     #[must_use]
     pub fn replicas(mut self, replicas: i32) -> Self {
         self.replicas = replicas;
@@ -242,6 +247,40 @@ impl Bundle {
     #[must_use]
     pub fn leader_election(mut self, enabled: bool) -> Self {
         self.leader_election = enabled;
+        self
+    }
+
+    /// Whether the operator's replicas split the objects between them
+    /// ([`Sharding`](crate::runtime::Sharding) with membership Leases in its own namespace,
+    /// what `Sharding::in_operator_namespace` and the macro's `sharding` key do):
+    ///
+    /// - the Lease role in the bundle's namespace (the one of leader election: `get`, `list`,
+    ///   `watch`, `create`, `update` on `leases`), for each replica's membership Lease, labelled
+    ///   `kuberator.dev/shard-group` and `kuberator.dev/shard-member`, and the watch on the
+    ///   group's Leases;
+    /// - nothing more on the resource: the owner label `kuberator.dev/shard-<group>` and the
+    ///   annotation `kuberator.dev/shard-<group>-drained-by` are written with `patch`, which
+    ///   every operator's role has;
+    /// - more than one replica allowed without leader election (each replica's identity is its
+    ///   pod name, `POD_NAME`), and the PodDisruptionBudget lets one replica go at a time, so a
+    ///   drain moves one member's share at a time.
+    ///
+    /// [`for_operator`](Bundle::for_operator) sets it from [`RbacOptions::sharded`].
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kuberator::manifests::{Bundle, RbacOptions};
+    ///
+    /// let bundle = Bundle::for_operator_of::<ConfigMap>(&RbacOptions::new("cm-operator"))
+    ///     .image("example.com/cm-operator:1")
+    ///     .replicas(3)
+    ///     .sharding(true);
+    /// assert!(bundle.to_yaml()?.contains("maxUnavailable: 1"));
+    /// # Ok::<(), kuberator::Error>(())
+    /// ```
+    #[must_use]
+    pub fn sharding(mut self, enabled: bool) -> Self {
+        self.sharding = enabled;
         self
     }
 
@@ -332,7 +371,7 @@ impl Bundle {
         }
     }
 
-    /// The bundle's RBAC: its grants (plus the Lease role with leader election) bound to its
+    /// The bundle's RBAC: its grants (plus the Lease role with leader election or sharding) bound to its
     /// ServiceAccount; pass it to `Operator::check_permissions` or
     /// [`check_permissions`](super::check_permissions).
     pub fn rbac_objects(&self) -> Rbac {
@@ -340,7 +379,7 @@ impl Bundle {
         if let Some(server) = &self.webhook_server {
             grants.extend(server.rbac(&self.name).grants);
         }
-        if self.leader_election {
+        if self.leader_election || self.sharding {
             grants.push(Grant {
                 name: format!("{}-leader-election", self.name),
                 scope: Scope::Namespace(self.operator_namespace()),
@@ -391,10 +430,11 @@ impl Bundle {
                 self.replicas
             ));
         }
-        if self.replicas > 1 && !self.leader_election {
+        if self.replicas > 1 && !self.leader_election && !self.sharding {
             return problem(format!(
                 "{} replicas need leader election (`Bundle::leader_election(true)` and the \
-                 operator's `leader_election` key), or every replica reconciles",
+                 operator's `leader_election` key) or sharding (`Bundle::sharding(true)` and \
+                 the `sharding` key), or every replica reconciles every object",
                 self.replicas
             ));
         }
@@ -623,12 +663,20 @@ impl Bundle {
         validating.into_iter().chain(mutating).collect()
     }
 
-    /// The PodDisruptionBudget keeping one replica available, with more than one replica.
+    /// The PodDisruptionBudget with more than one replica: keeping one available (a standby
+    /// takes over), or with [`sharding`](Bundle::sharding) letting at most one go at a time
+    /// (each member serves its own share).
     pub fn pod_disruption_budget(&self) -> Option<PodDisruptionBudget> {
+        let (min_available, max_unavailable) = if self.sharding {
+            (None, Some(IntOrString::Int(1)))
+        } else {
+            (Some(IntOrString::Int(1)), None)
+        };
         (self.replicas > 1).then(|| PodDisruptionBudget {
             metadata: self.meta(Some(&self.operator_namespace())),
             spec: Some(PodDisruptionBudgetSpec {
-                min_available: Some(IntOrString::Int(1)),
+                min_available,
+                max_unavailable,
                 selector: Some(LabelSelector {
                     match_labels: Some(self.selector()),
                     ..LabelSelector::default()
@@ -982,6 +1030,80 @@ mod tests {
         );
         assert_eq!(objects[9]["spec"]["minAvailable"], 1);
         assert_eq!(objects[8]["spec"]["replicas"], 3);
+    }
+
+    #[test]
+    fn sharded_replicas_get_the_lease_role_and_leave_one_at_a_time() {
+        // From the operator's options (what `sharding = "…"` sets), no leader election needed.
+        let options = RbacOptions::new("websites.example.com-operator")
+            .finalizer(true)
+            .sharded(true);
+        let bundle = Bundle::for_operator::<Website>(&options)
+            .image("example.com/website-operator:1.0.0")
+            .namespace("web")
+            .replicas(3);
+        let objects = bundle.objects().unwrap();
+        let role = objects
+            .iter()
+            .find(|o| o["kind"] == "Role")
+            .expect("a Role for the membership Leases");
+        assert_eq!(role["metadata"]["namespace"], "web");
+        assert_eq!(
+            role["rules"][0]["apiGroups"],
+            serde_json::json!(["coordination.k8s.io"])
+        );
+        assert_eq!(role["rules"][0]["resources"], serde_json::json!(["leases"]));
+        for verb in ["get", "list", "watch", "create", "update"] {
+            assert!(
+                role["rules"][0]["verbs"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&verb.into()),
+                "{verb}: {role}"
+            );
+        }
+        let binding = objects
+            .iter()
+            .find(|o| o["kind"] == "RoleBinding")
+            .expect("the Lease role bound");
+        assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+        assert_eq!(binding["subjects"][0]["name"], "websites-operator");
+        // The owner label and the drained-by annotation are patches of the resource.
+        let cluster_role = objects.iter().find(|o| o["kind"] == "ClusterRole").unwrap();
+        let resource = cluster_role["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|rule| rule["resources"] == serde_json::json!(["websites"]))
+            .unwrap();
+        assert!(
+            resource["verbs"]
+                .as_array()
+                .unwrap()
+                .contains(&"patch".into())
+        );
+        let deployment = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
+        assert_eq!(deployment["spec"]["replicas"], 3);
+        let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+        assert_eq!(env[0]["name"], "POD_NAME", "the member identity");
+        let pdb = objects
+            .iter()
+            .find(|o| o["kind"] == "PodDisruptionBudget")
+            .unwrap();
+        assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+        assert!(pdb["spec"].get("minAvailable").is_none(), "{pdb}");
+
+        // Not sharded: no Lease role, and three replicas are refused.
+        let plain = Bundle::for_operator::<Website>(&options.clone().sharded(false))
+            .image("example.com/website-operator:1.0.0");
+        assert!(
+            plain
+                .rbac_objects()
+                .grants
+                .iter()
+                .all(|g| !g.name.ends_with("-leader-election"))
+        );
+        assert!(plain.replicas(3).to_yaml().is_err());
     }
 
     #[test]

@@ -51,14 +51,25 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// assert!(!readiness.is_ready());
 /// assert_eq!(readiness.problems(), ["the API server is unreachable"]);
 /// ```
+///
+/// `/readyz?verbose` adds the [details](Readiness::add_detail), one per line, to either answer
+/// (e.g. a shard member's view of its group): what an operator knows that is no problem.
+///
+/// ```
+/// let readiness = kuberator::runtime::Readiness::new();
+/// readiness.add_detail(|| "shard websites: members [a, b]".to_owned());
+/// assert_eq!(readiness.details(), ["shard websites: members [a, b]"]);
+/// ```
 #[derive(Clone)]
 pub struct Readiness {
     state: watch::Sender<bool>,
     waiting_for: Arc<std::sync::Mutex<String>>,
     checks: Arc<std::sync::Mutex<Vec<Check>>>,
+    details: Arc<std::sync::Mutex<Vec<Detail>>>,
 }
 
 type Check = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+type Detail = Arc<dyn Fn() -> String + Send + Sync>;
 
 impl std::fmt::Debug for Readiness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -82,6 +93,7 @@ impl Readiness {
             state: watch::Sender::new(false),
             waiting_for: Arc::default(),
             checks: Arc::default(),
+            details: Arc::default(),
         }
     }
 
@@ -130,6 +142,25 @@ impl Readiness {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         checks.iter().filter_map(|check| check()).collect()
+    }
+
+    /// Adds a detail `/readyz?verbose` shows on a line of its own, ready or not (never
+    /// without `verbose`: probes read only the status). Keep it cheap (no I/O).
+    pub fn add_detail(&self, detail: impl Fn() -> String + Send + Sync + 'static) {
+        self.details
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Arc::new(detail));
+    }
+
+    /// What the [details](Self::add_detail) say right now.
+    pub fn details(&self) -> Vec<String> {
+        let details = self
+            .details
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        details.iter().map(|detail| detail()).collect()
     }
 
     /// A receiver that sees every change of the flag (not of the checks).
@@ -509,8 +540,30 @@ async fn respond(probes: &Probes, request: Request<Incoming>) -> Response<Full<B
         path if path == routes.readiness => {
             let flag = *probes.readiness.state.borrow();
             let problems = probes.readiness.problems();
-            if flag && problems.is_empty() {
+            let verbose = request.uri().query().is_some_and(|query| {
+                query
+                    .split('&')
+                    .any(|pair| pair.split('=').next() == Some("verbose"))
+            });
+            let details = if verbose {
+                probes.readiness.details()
+            } else {
+                Vec::new()
+            };
+            if flag && problems.is_empty() && details.is_empty() {
                 text(StatusCode::OK, "ok\n")
+            } else if flag && problems.is_empty() {
+                let mut body = "ok\n".to_owned();
+                for detail in details {
+                    body.push_str(&detail);
+                    body.push('\n');
+                }
+                let mut response = Response::new(Full::new(Bytes::from(body)));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                response
             } else {
                 let waiting_for = probes.readiness.waiting_for();
                 let mut body = if flag {
@@ -523,6 +576,10 @@ async fn respond(probes: &Probes, request: Request<Incoming>) -> Response<Full<B
                 for problem in problems {
                     body.push_str("not ready: ");
                     body.push_str(&problem);
+                    body.push('\n');
+                }
+                for detail in details {
+                    body.push_str(&detail);
                     body.push('\n');
                 }
                 let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -613,6 +670,30 @@ mod tests {
         readiness.set_ready(true);
         let (status, _, body) = request(addr, "GET", "/readyz?verbose").await;
         assert_eq!((status, body.as_str()), (200, "ok\n"));
+
+        // Details: on `?verbose` only, ready or not.
+        readiness.add_detail(|| "shard websites: members [a, b]".to_owned());
+        let (status, _, body) = request(addr, "GET", "/readyz?verbose").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "ok\nshard websites: members [a, b]\n")
+        );
+        let (status, _, body) = request(addr, "GET", "/readyz?x=1&verbose=1").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "ok\nshard websites: members [a, b]\n")
+        );
+        assert_eq!(request(addr, "GET", "/readyz").await.2, "ok\n");
+        readiness.set_ready(false);
+        let (status, _, body) = request(addr, "GET", "/readyz?verbose").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (
+                503,
+                "not ready: initial sync in progress\nshard websites: members [a, b]\n"
+            )
+        );
+        readiness.set_ready(true);
 
         let (status, head, body) = request(addr, "GET", "/metrics").await;
         assert_eq!(status, 200);

@@ -441,6 +441,15 @@ impl Manager {
             wrapped.shared()
         });
         let readiness = Readiness::new();
+        // `/readyz?verbose`: the member set and this replica's objects.
+        if let Some(shards) = &shards {
+            let shards = Arc::downgrade(shards);
+            readiness.add_detail(move || {
+                shards
+                    .upgrade()
+                    .map_or_else(|| "shard: left the group".to_owned(), |s| s.describe())
+            });
+        }
         let services = Services {
             client,
             metrics: metrics.clone(),

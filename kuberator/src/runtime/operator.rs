@@ -866,16 +866,18 @@ impl<R: Object> ManagedController for Operator<R> {
             } else {
                 changed.boxed()
             };
+            // With sharding, every change of the member set re-checks every object's owner: a
+            // batch like a relist, queued behind the live changes.
+            let changed = match &services.shards {
+                Some(shards) => with_rechecks(changed, shards.changes(), reader.clone()),
+                None => changed,
+            };
             // FIFO among ready objects, live changes first; the controller's scheduler then
             // holds only what runs next, and the retries it times.
             let trigger = dispatch.stream(changed, reader.clone());
             let mut controller = Controller::for_shared_stream(trigger, reader).with_config(
                 kube::runtime::controller::Config::default().concurrency(this.concurrency),
             );
-            if let Some(shards) = &services.shards {
-                // Every change of the member set re-checks every object's owner.
-                controller = controller.reconcile_all_on(shards.changes());
-            }
             let mut wiring = Wiring {
                 watches: &mut setup.watches,
                 client: &watch_client,
@@ -1013,6 +1015,30 @@ fn generation_filtered<R: Object>(
         };
         futures::future::ready(keep)
     })
+}
+
+/// `changed`, plus every object of `cache` in the backlog lane at each tick of `rechecks`; ends
+/// with `changed`.
+fn with_rechecks<R: Object>(
+    changed: BoxStream<'static, (Arc<R>, Origin)>,
+    rechecks: impl futures::Stream<Item = ()> + Send + 'static,
+    cache: reflector::Store<R>,
+) -> BoxStream<'static, (Arc<R>, Origin)> {
+    let everything = rechecks.flat_map(move |()| {
+        let objects = cache.state();
+        futures::stream::iter(
+            objects
+                .into_iter()
+                .map(|object| Some((object, Origin::Backlog))),
+        )
+    });
+    let until_done = changed
+        .map(Some)
+        .chain(futures::stream::once(async { None }));
+    futures::stream::select(until_done, everything)
+        .take_while(|item| futures::future::ready(item.is_some()))
+        .filter_map(futures::future::ready)
+        .boxed()
 }
 
 /// Generation for change detection, plus the deletion mark: status writes are filtered out,
