@@ -580,7 +580,6 @@ async fn a_stalled_shard_owner_writes_nothing_for_the_objects_it_lost() {
         60 * SECOND,
     )
     .await;
-    let names: Vec<String> = initial.keys().cloned().collect();
     let lost: Vec<String> = initial
         .iter()
         .filter(|(_, owner)| *owner == "shard-c")
