@@ -68,7 +68,7 @@ pub trait Finalize<R: Object, P: ProvideApi<R>>: Send + Sync + 'static {
     /// The handler's error, or an API error while patching the finalizer.
     ///
     /// # Access control
-    /// `patch` on the resource.
+    /// `get` and `patch` on the resource.
     async fn finalize<C, F>(&self, object: Arc<R>, finalizer: &str, context: &C) -> Result<Action>
     where
         C: Context<R, F, P> + ?Sized,
@@ -312,6 +312,13 @@ pub(crate) async fn patch_status<R: Object, S: Serialize>(
 ///
 /// The finalizer is added with a merge patch guarded by `resourceVersion`, so a concurrent writer
 /// causes a 409 that is retried on a fresh read instead of clobbering its finalizers.
+///
+/// A finalizer the API server accepted does not always hold: a `DELETE` that read the object just
+/// before the finalizer was added removes it at once anyway (kube-apiserver's
+/// kubernetes/kubernetes#77988). Such an object never shows a deletion, so `cleanup` would never
+/// run and what `apply` created would stay behind. So after an `apply` that added the finalizer,
+/// or one that failed with a 404, the object is read again (metadata only); when it is gone (or
+/// replaced by one with another UID), `cleanup` runs at once on the last copy.
 pub async fn with_finalizer<R, A, C, FA, FC>(
     api: &Api<R>,
     finalizer: &str,
@@ -344,11 +351,37 @@ where
         remove_finalizer(api, &name, object.as_ref(), finalizer).await?;
         return Ok(action);
     }
-    if has_finalizer {
-        return apply(object).await;
+    let (object, added) = if has_finalizer {
+        (object, false)
+    } else {
+        let updated = add_finalizer(api, &name, object.as_ref(), finalizer).await?;
+        (Arc::new(updated), true)
+    };
+    let applied = apply(object.clone()).await;
+    let not_found = matches!(&applied, Err(error) if error.status_code() == Some(404));
+    if (added || not_found) && deleted_without_cleanup(api, &name, object.as_ref()).await {
+        tracing::warn!(
+            object = %ObjectKey::of(object.as_ref()),
+            "deleted although its finalizer was set (a deletion racing the finalizer, \
+             kubernetes/kubernetes#77988): running cleanup now"
+        );
+        return cleanup(object).await;
     }
-    let updated = add_finalizer(api, &name, object.as_ref(), finalizer).await?;
-    apply(Arc::new(updated)).await
+    applied
+}
+
+/// Whether `object` is gone from the server (or replaced by one with another UID) although it
+/// carried the finalizer: no deletion will ever be seen for it. A failed read says no (the normal
+/// flow goes on).
+async fn deleted_without_cleanup<R: Object>(api: &Api<R>, name: &str, object: &R) -> bool {
+    match api.get_metadata_opt(name).await {
+        Ok(None) => true,
+        Ok(Some(current)) => current.metadata.uid != object.meta().uid,
+        Err(error) => {
+            tracing::debug!(object = %ObjectKey::of(object), %error, "cannot re-read after apply");
+            false
+        }
+    }
 }
 
 async fn add_finalizer<R: Object>(

@@ -391,10 +391,14 @@ async fn churn() -> anyhow::Result<()> {
     let rss_end = rss_kib();
     tokio::time::sleep(Duration::from_secs(60)).await;
     let rss_idle = rss_kib();
+    let leftover = converged(&client)
+        .await
+        .map_or(usize::MAX, |(_, _, children)| children);
     println!(
         "churn: {round} rounds of 1,000 create+update+delete in {:.0?}; RSS {rss_start} KiB at \
          the start, {rss_end} KiB at the end, {rss_idle} KiB after 60 s idle with everything \
-         deleted; per round {samples_rss:?}; {} applies, {} reconciles in all",
+         deleted; {leftover} children left; per round {samples_rss:?}; {} applies, {} \
+         reconciles in all",
         started.elapsed(),
         operator.journal.total_applies(),
         operator.metric("controller_runtime_reconcile_total"),
