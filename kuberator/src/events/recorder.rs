@@ -26,6 +26,7 @@ use super::{
     dedup::{DedupCache, PendingWrite},
     emit::EmitEvent,
     key::{AsKeyRef, KeyRef, object_identity, regarding},
+    write_failures::{FailedEmit, WriteFailureLog},
 };
 use crate::error::{Error, ObjectKey, Result};
 
@@ -120,10 +121,13 @@ struct Shared {
     /// Fast path for "the flush task runs".
     flusher_started: AtomicBool,
     flusher: Mutex<Option<AbortHandle>>,
+    /// Failed writes, logged rate-limited.
+    failures: WriteFailureLog,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        self.failures.finish();
         if let Some(task) = lock(&self.flusher).take() {
             task.abort();
         }
@@ -173,6 +177,7 @@ impl EventRecorder {
                 flush_lock: tokio::sync::Mutex::new(()),
                 flusher_started: AtomicBool::new(false),
                 flusher: Mutex::new(None),
+                failures: WriteFailureLog::default(),
             }),
         }
     }
@@ -244,7 +249,7 @@ impl EventRecorder {
         let mut errors = self.shared.flush().await.into_iter();
         let first = errors.next();
         for error in errors {
-            tracing::warn!(%error, "failed to write event series");
+            self.shared.failures.series_failed(&error);
         }
         first.map_or(Ok(()), Err)
     }
@@ -294,6 +299,33 @@ impl fmt::Debug for EventRecorder {
 
 #[async_trait]
 impl EmitEvent for EventRecorder {
+    /// Emits `data` about `object`; never fails. A failed write is logged, rate-limited: the
+    /// first failure since writes last worked as a warning with the object, its event reason and
+    /// the error; further failures (of any object) as one warning per 10 s with their count and
+    /// the latest error; and an info line once a write succeeds again. An API server outage is
+    /// a handful of lines, not one per object.
+    ///
+    /// # Access control
+    ///
+    /// As [`try_emit`](Self::try_emit).
+    async fn emit<R>(&self, object: &R, data: EventData)
+    where
+        R: Resource<DynamicType = ()> + Sync,
+    {
+        let reason = data.reason.clone();
+        if let Err(error) = self.try_emit(object, data).await {
+            let meta = object.meta();
+            let kind = R::kind(&());
+            let failed = FailedEmit {
+                kind: &kind,
+                namespace: meta.namespace.as_deref().unwrap_or_default(),
+                name: meta.name.as_deref().unwrap_or_default(),
+                reason: reason.as_ref(),
+            };
+            self.shared.failures.emit_failed(&failed, &error);
+        }
+    }
+
     /// Emits `data` about `object`. The first occurrence creates the Event now; repeats are
     /// counted in memory and written by the flush task (see [`EventRecorder::flush`]).
     ///
@@ -350,6 +382,7 @@ impl EmitEvent for EventRecorder {
             Ok(_) => {
                 let dirty = cache.mark_written(key, generation, 1);
                 drop(cache);
+                self.shared.failures.succeeded();
                 if dirty {
                     self.ensure_flusher();
                 }
@@ -522,6 +555,7 @@ impl Shared {
             }
         }
         self.mark_written(&write);
+        self.failures.succeeded();
         Ok(())
     }
 
@@ -540,8 +574,9 @@ async fn flush_loop(shared: Weak<Shared>, period: Duration) {
             break;
         };
         for error in shared.flush().await {
-            tracing::warn!(%error, "failed to write event series");
+            shared.failures.series_failed(&error);
         }
+        shared.failures.tick();
     }
 }
 

@@ -83,6 +83,15 @@ impl<K: Eq + Hash> FailureCounts<K> {
         }
     }
 
+    /// The objects with failures recorded.
+    pub(crate) fn keys(&self) -> Vec<K>
+    where
+        K: Clone,
+    {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.keys().cloned().collect()
+    }
+
     /// How many objects have failures recorded.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

@@ -193,6 +193,14 @@ impl<R: Object> Dispatch<R> {
         }
     }
 
+    /// Queues `object` as a live change (a retry that should not wait for its backoff): the
+    /// controller's scheduler runs it now instead of at its scheduled retry.
+    pub(crate) fn retry_now(&self, namespace: Option<&str>, name: &str) {
+        let mut key = ObjectRef::new(name);
+        key.namespace = namespace.map(str::to_owned);
+        self.lock().push(key, Origin::Live);
+    }
+
     /// The object `name` in `namespace`, handed out, will not run.
     pub(crate) fn forget(&self, namespace: Option<&str>, name: &str) {
         let mut key = ObjectRef::new(name);

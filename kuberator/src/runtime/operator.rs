@@ -804,12 +804,25 @@ impl<R: Object> ManagedController for Operator<R> {
             this.namespaces.iter().cloned().map(Some).collect()
         };
         let mut subscribed = Vec::with_capacity(scopes.len());
+        // Set when a primary watch works again after failing (an API server outage).
+        let recovered = Arc::new(tokio::sync::Notify::new());
         for scope in &scopes {
             let client = watch_client.clone();
             let (ns, config) = (scope.clone(), this.watcher_config.clone());
             let undecodable = undecodable.clone();
+            let recovered = recovered.clone();
             let make = move |cache| {
-                typed_watch::<R>(client, ns.as_deref(), config, || {}, cache, undecodable).boxed()
+                let on_recovered = move || recovered.notify_one();
+                typed_watch::<R>(
+                    client,
+                    ns.as_deref(),
+                    config,
+                    || {},
+                    on_recovered,
+                    cache,
+                    undecodable,
+                )
+                .boxed()
             };
             // Ready once every scope has listed its objects (a warm cache, leader or standby).
             let (reader, applied, deleted, phase) = setup.watches.subscribe_split::<R>(
@@ -933,6 +946,7 @@ impl<R: Object> ManagedController for Operator<R> {
             loop {
                 tokio::select! {
                     () = &mut heartbeat => {}
+                    () = recovered.notified() => retry_failed(&name, &shared),
                     _ = census.tick(), if shared.shards.is_some() => {
                         if let Some(shards) = &shared.shards {
                             let objects: Vec<Arc<R>> =
@@ -1088,6 +1102,28 @@ impl<R: Object> LoopState<R> {
             .iter()
             .find(|(scope, _)| scope.is_none() || scope.as_deref() == namespace)
             .map(|(_, dispatch)| dispatch)
+    }
+}
+
+/// The watch works again after failing: the objects whose reconciles failed meanwhile (most of
+/// them because the API server was unreachable) run now, not at the end of their backoff
+/// (after a few failures in a row that is 8 s or more after the server answers again). Their
+/// failure counts stay until they succeed, so an object that keeps failing for its own reasons
+/// gets one extra attempt per outage and the same backoff afterwards.
+fn retry_failed<R: Object>(name: &str, shared: &LoopState<R>) {
+    let failed = shared.failures.keys();
+    if failed.is_empty() {
+        return;
+    }
+    tracing::info!(
+        controller = %name,
+        objects = failed.len(),
+        "watch works again: retrying now the objects whose reconciles failed meanwhile"
+    );
+    for key in failed {
+        if let Some(dispatch) = shared.dispatch_for(key.namespace.as_deref()) {
+            dispatch.retry_now(key.namespace.as_deref(), &key.name);
+        }
     }
 }
 

@@ -46,12 +46,14 @@ const RELEASE_ATTEMPTS: u32 = 5;
 /// Watches `R` in `namespace` (or everywhere) as untyped objects and decodes each one into `R`.
 /// Objects that do not decode are left out of the cache: a change that makes a cached object
 /// undecodable removes the cached copy (its reconciles stop), see [`OnUndecodable`] for the
-/// rest. `on_listed` is called after each complete (re)list.
+/// rest. `on_listed` is called after each complete (re)list, `on_recovered` when the watch works
+/// again after failing (see [`with_watch_backoff_and_recovery`]).
 pub(crate) fn typed_watch<R: Object>(
     client: Client,
     namespace: Option<&str>,
     config: watcher::Config,
     on_listed: impl Fn() + Send + 'static,
+    on_recovered: impl Fn() + Send + 'static,
     cache: Store<R>,
     undecodable: OnUndecodable,
 ) -> impl Stream<Item = Result<watcher::Event<R>, watcher::Error>> + Send + 'static {
@@ -60,7 +62,7 @@ pub(crate) fn typed_watch<R: Object>(
         Some(ns) => Api::namespaced_with(client, ns, &resource),
         None => Api::all_with(client, &resource),
     };
-    with_watch_backoff(watcher(api, config))
+    with_watch_backoff_and_recovery(watcher(api, config), on_recovered)
         .map_ok(move |event| {
             if matches!(event, watcher::Event::InitDone) {
                 on_listed();
@@ -116,34 +118,88 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
 
 /// `watch` with [`WatchBackoff`] between retries: after an error the next poll waits for the
 /// delay, except after a `410 Gone` (the watcher then re-lists at once); any event resets it.
-pub(crate) fn with_watch_backoff<S, T>(
+pub(crate) fn with_watch_backoff<S, K>(
     watch: S,
-) -> impl Stream<Item = Result<T, watcher::Error>> + Send + 'static
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
 where
-    S: Stream<Item = Result<T, watcher::Error>> + Send + 'static,
-    T: Send + 'static,
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    K: Send + 'static,
+{
+    with_watch_backoff_and_recovery(watch, || {})
+}
+
+/// [`with_watch_backoff`], calling `on_recovered` once the watch works again after failing
+/// (any error but a lone `410 Gone`): at the end of the re-list that follows, or at the first
+/// event of a watch resumed without one. The cache is current by then, so what failed while
+/// the API server was unreachable can be retried at once instead of at the end of its backoff.
+pub(crate) fn with_watch_backoff_and_recovery<S, K>(
+    watch: S,
+    on_recovered: impl Fn() + Send + 'static,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
+where
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    K: Send + 'static,
 {
     use futures::StreamExt;
     use kube::runtime::utils::Backoff as _;
-    let state = (watch.boxed(), WatchBackoff::default(), None::<Duration>);
-    futures::stream::unfold(state, |(mut watch, mut backoff, delay)| async move {
-        if let Some(delay) = delay {
+    let state = Retry {
+        watch: watch.boxed(),
+        backoff: WatchBackoff::default(),
+        delay: None,
+        failing: false,
+        listing: false,
+        on_recovered,
+    };
+    futures::stream::unfold(state, |mut state| async move {
+        if let Some(delay) = state.delay.take() {
             tokio::time::sleep(delay).await;
         }
-        let item = watch.next().await?;
-        let delay = match &item {
+        let item = state.watch.next().await?;
+        match &item {
             Err(watcher::Error::WatchError(status)) if status.code == 410 => {
-                backoff.reset();
-                None
+                state.backoff.reset();
             }
-            Err(_) => backoff.next(),
-            Ok(_) => {
-                backoff.reset();
-                None
+            Err(error) => {
+                if !state.failing {
+                    tracing::debug!(%error, "watch failing");
+                }
+                state.failing = true;
+                state.delay = state.backoff.next();
             }
-        };
-        Some((item, (watch, backoff, delay)))
+            Ok(event) => {
+                state.backoff.reset();
+                match event {
+                    watcher::Event::Init => state.listing = true,
+                    watcher::Event::InitApply(_) => {}
+                    watcher::Event::InitDone
+                    | watcher::Event::Apply(_)
+                    | watcher::Event::Delete(_) => {
+                        let done = matches!(event, watcher::Event::InitDone);
+                        if state.failing && (done || !state.listing) {
+                            state.failing = false;
+                            tracing::debug!("watch recovered");
+                            (state.on_recovered)();
+                        }
+                        state.listing &= !done;
+                    }
+                }
+            }
+        }
+        Some((item, state))
     })
+}
+
+/// The state of [`with_watch_backoff_and_recovery`] between polls.
+struct Retry<K, F> {
+    watch: futures::stream::BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>,
+    backoff: WatchBackoff,
+    /// How long to wait before the next poll.
+    delay: Option<Duration>,
+    /// An error came since the watch last worked.
+    failing: bool,
+    /// Between `Init` and `InitDone`.
+    listing: bool,
+    on_recovered: F,
 }
 
 fn decode_event<R: Object>(
@@ -398,13 +454,13 @@ mod tests {
             watcher::Error::WatchError(Box::new(status))
         };
         let failed = || watcher::Error::NoResourceVersion;
-        let items: Vec<Result<u8, watcher::Error>> = vec![
+        let items: Vec<Result<watcher::Event<u8>, watcher::Error>> = vec![
             Err(failed()),
             Err(failed()),
             Err(gone()),
-            Ok(1),
+            Ok(watcher::Event::Apply(1)),
             Err(failed()),
-            Ok(2),
+            Ok(watcher::Event::Apply(2)),
         ];
         let start = tokio::time::Instant::now();
         let mut stream = std::pin::pin!(super::with_watch_backoff(futures::stream::iter(items)));
@@ -422,6 +478,86 @@ mod tests {
                 (true, 3),
                 (false, 3),
                 (true, 4)
+            ]
+        );
+    }
+
+    /// The recovery callback fires once per outage, when the re-list is complete (or at the
+    /// first event of a watch resumed without one), never for a lone `410 Gone`.
+    #[tokio::test(start_paused = true)]
+    async fn recovery_is_reported_once_the_relist_is_done() {
+        use std::sync::{
+            Arc,
+            atomic::{AtomicUsize, Ordering},
+        };
+
+        use futures::StreamExt;
+        use kube::runtime::watcher::{self, Event};
+        let gone = || {
+            let mut status = kube::core::Status::failure("too old resource version", "Expired");
+            status.code = 410;
+            watcher::Error::WatchError(Box::new(status))
+        };
+        let failed = || watcher::Error::NoResourceVersion;
+        let items: Vec<Result<Event<u8>, watcher::Error>> = vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(1)),
+            Ok(Event::InitDone),
+            // A lone 410: re-listed, not an outage.
+            Err(gone()),
+            Ok(Event::Init),
+            Ok(Event::InitDone),
+            // An outage ending in a re-list: reported at its end.
+            Err(failed()),
+            Err(failed()),
+            Err(gone()),
+            Ok(Event::Init),
+            Ok(Event::InitApply(1)),
+            Ok(Event::InitDone),
+            Ok(Event::Apply(1)),
+            // An outage ending in a resumed watch: reported at its first event.
+            Err(failed()),
+            Ok(Event::Apply(2)),
+            Ok(Event::Apply(3)),
+        ];
+        let recovered = Arc::new(AtomicUsize::new(0));
+        let calls = recovered.clone();
+        let stream =
+            super::with_watch_backoff_and_recovery(futures::stream::iter(items), move || {
+                calls.fetch_add(1, Ordering::SeqCst);
+            });
+        let mut stream = std::pin::pin!(stream);
+        let mut seen = Vec::new();
+        while let Some(item) = stream.next().await {
+            let label = match item {
+                Ok(Event::Init) => "init".to_owned(),
+                Ok(Event::InitApply(n)) => format!("list {n}"),
+                Ok(Event::InitDone) => "done".to_owned(),
+                Ok(Event::Apply(n)) => format!("apply {n}"),
+                Ok(Event::Delete(n)) => format!("delete {n}"),
+                Err(_) => "error".to_owned(),
+            };
+            seen.push(format!("{label} {}", recovered.load(Ordering::SeqCst)));
+        }
+        assert_eq!(
+            seen,
+            [
+                "init 0",
+                "list 1 0",
+                "done 0",
+                "error 0",
+                "init 0",
+                "done 0",
+                "error 0",
+                "error 0",
+                "error 0",
+                "init 0",
+                "list 1 0",
+                "done 1",
+                "apply 1 1",
+                "error 1",
+                "apply 2 2",
+                "apply 3 2"
             ]
         );
     }
