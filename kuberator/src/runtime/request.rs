@@ -55,6 +55,14 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
 pub const DEFAULT_UNREADY_AFTER: Duration = Duration::from_secs(10);
 /// The first wait after a 429 without `Retry-After`; doubles up to [`MAX_RETRY_AFTER`].
 const FIRST_RETRY: Duration = Duration::from_millis(200);
+/// How long a watch of a path whose requests are failing may wait for its response headers
+/// (1 s; after three such timeouts in a row it doubles, up to the request timeout; an answer
+/// resets it). A restarting kube-apiserver accepts connections before it serves custom
+/// resources and holds a watch sent then for seconds past its own `/readyz` (measured on
+/// 1.36: a custom-resource watch sent 0.25 s into the restart was answered at 7.45 s, 4.8 s
+/// after `/readyz` said ok; one sent after that in 0.3 s). Without this deadline the watch,
+/// and every reconcile behind it, waits for the held request.
+pub const RECOVERING_WATCH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why the wrapped client refused or abandoned a request; found as the source of a
 /// `kube::Error::Service`.
@@ -115,6 +123,8 @@ struct Inner {
     /// The tracked requests without an answer yet: method and path, and since when.
     waiting: Mutex<std::collections::BTreeMap<u64, (String, Instant)>>,
     next_request: AtomicU64,
+    /// Per failing path: its watches that ran out of [`RECOVERING_WATCH_TIMEOUT`] in a row.
+    recovering: Mutex<std::collections::BTreeMap<String, u32>>,
 }
 
 impl Default for Inner {
@@ -130,6 +140,7 @@ impl Default for Inner {
             failing: Mutex::new(std::collections::BTreeMap::new()),
             waiting: Mutex::new(std::collections::BTreeMap::new()),
             next_request: AtomicU64::new(0),
+            recovering: Mutex::new(std::collections::BTreeMap::new()),
         }
     }
 }
@@ -250,13 +261,17 @@ impl RequestGuard {
             let (guard, client) = (guard.clone(), client.clone());
             async move {
                 if !track {
-                    return guard.send(&client, request).await;
+                    return guard.send(&client, request, None).await;
                 }
                 let path = request.uri().path().to_owned();
+                let recovering = guard.recovering_timeout(&path, request.uri().query());
                 let started = Instant::now();
                 let waiting = guard.wait_for(format!("{} {path}", request.method()), started);
-                let result = guard.send(&client, request).await;
+                let result = guard.send(&client, request, recovering).await;
                 drop(waiting);
+                if recovering.is_some() {
+                    guard.track_recovering(&path, &result);
+                }
                 guard.track(path, started, &result);
                 result
             }
@@ -335,6 +350,55 @@ impl RequestGuard {
         }
     }
 
+    /// The header deadline of a watch of `path` while requests to `path` are failing (see
+    /// [`RECOVERING_WATCH_TIMEOUT`]); `None` for other requests, or while `path` works.
+    fn recovering_timeout(&self, path: &str, query: Option<&str>) -> Option<Duration> {
+        let watch = query.is_some_and(|query| {
+            query
+                .split('&')
+                .any(|pair| pair == "watch=true" || pair == "watch=1")
+        });
+        if !watch
+            || !self
+                .inner
+                .failing
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains_key(path)
+        {
+            return None;
+        }
+        let missed = self
+            .inner
+            .recovering
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(path)
+            .copied()
+            .unwrap_or(0);
+        let timeout = RECOVERING_WATCH_TIMEOUT.saturating_mul(1 << missed.saturating_sub(2).min(6));
+        Some(self.timeout().map_or(timeout, |limit| timeout.min(limit)))
+    }
+
+    /// Counts a recovering watch of `path` that ran out of its deadline; any other outcome
+    /// resets the count.
+    fn track_recovering(&self, path: &str, result: &Result<Response<Body>, kube::Error>) {
+        let mut recovering = self
+            .inner
+            .recovering
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match result {
+            Err(error) if matches!(request_error(error), Some(RequestError::Timeout { .. })) => {
+                tracing::debug!(%path, "watch not answered while recovering: sent again");
+                *recovering.entry(path.to_owned()).or_default() += 1;
+            }
+            _ => {
+                recovering.remove(path);
+            }
+        }
+    }
+
     /// Counts `request` as waiting for an answer until the returned guard drops.
     fn wait_for(&self, request: String, since: Instant) -> Waiting<'_> {
         let id = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
@@ -381,6 +445,7 @@ impl RequestGuard {
         &self,
         client: &Client,
         request: Request<Body>,
+        timeout: Option<Duration>,
     ) -> Result<Response<Body>, kube::Error> {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
@@ -389,7 +454,7 @@ impl RequestGuard {
             tracing::debug!(%method, %path, "write refused: past the renew deadline");
             return Err(service_error(RequestError::NotLeader { method, path }));
         }
-        let timeout = self.timeout();
+        let timeout = timeout.or_else(|| self.timeout());
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut request = request;
         let mut wait = FIRST_RETRY;
@@ -646,6 +711,64 @@ mod tests {
         request.await.unwrap().unwrap();
         assert_eq!(guard.unreachable(), None);
         assert!(guard.inner.failing.lock().unwrap().is_empty(), "bounded");
+    }
+
+    /// While a path fails, its watches get a short header deadline (a restarting API server
+    /// holds a watch it accepted before it was ready): 1 s three times, then doubling; an
+    /// answer resets it; a list of the same path and a watch of a working path keep the
+    /// request timeout.
+    #[tokio::test(start_paused = true)]
+    async fn watches_of_a_failing_path_get_a_short_header_deadline() {
+        let (inner, mut handle) = mock_client();
+        let guard = RequestGuard::new();
+        guard.set_timeout(Some(Duration::from_secs(30)));
+        let client = guard.watch_client(inner);
+        let path = "/apis/x.dev/v1/namespaces/default/things";
+        let watch = format!("{path}?watch=true&resourceVersion=7&timeoutSeconds=290");
+        let unanswered = |uri: String| {
+            let c = client.clone();
+            async move {
+                let started = Instant::now();
+                let error = c.request_text(get(&uri)).await.unwrap_err();
+                assert!(
+                    matches!(request_error(&error), Some(RequestError::Timeout { .. })),
+                    "{error}"
+                );
+                started.elapsed()
+            }
+        };
+        let answer = |code: u16| {
+            Response::builder()
+                .status(code)
+                .body(Body::from(b"{}".to_vec()))
+                .unwrap()
+        };
+        // A working path: a watch waits for the request timeout.
+        let (elapsed, _pending) = tokio::join!(unanswered(watch.clone()), handle.next_request());
+        assert_eq!(elapsed, Duration::from_secs(30));
+        // It failed (that timeout): now its watches are sent again after 1 s, three times,
+        // then after 2 s, 4 s.
+        let mut deadlines = Vec::new();
+        for _ in 0..5 {
+            let (elapsed, _pending) =
+                tokio::join!(unanswered(watch.clone()), handle.next_request());
+            deadlines.push(elapsed.as_secs());
+        }
+        assert_eq!(deadlines, [1, 1, 1, 2, 4]);
+        // A list of the failing path is not a watch: the request timeout.
+        let (elapsed, _pending) = tokio::join!(
+            unanswered(format!("{path}?limit=500")),
+            handle.next_request()
+        );
+        assert_eq!(elapsed, Duration::from_secs(30));
+        // An answer: the path works again, the next watch waits for the request timeout.
+        let c = client.clone();
+        let answered = tokio::spawn(async move { c.request_text(get(path)).await });
+        let (_, respond) = handle.next_request().await.unwrap();
+        respond.send_response(answer(200));
+        answered.await.unwrap().unwrap();
+        let (elapsed, _pending) = tokio::join!(unanswered(watch), handle.next_request());
+        assert_eq!(elapsed, Duration::from_secs(30));
     }
 
     #[tokio::test(start_paused = true)]
