@@ -62,7 +62,7 @@ const FIRST_RETRY: Duration = Duration::from_millis(200);
 /// 1.36: a custom-resource watch sent 0.25 s into the restart was answered at 7.45 s, 4.8 s
 /// after `/readyz` said ok; one sent after that in 0.3 s). Without this deadline the watch,
 /// and every reconcile behind it, waits for the held request.
-pub const RECOVERING_WATCH_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const RECOVERING_WATCH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why the wrapped client refused or abandoned a request; found as the source of a
 /// `kube::Error::Service`.
