@@ -33,7 +33,7 @@ use crate::support::*;
 const NAMESPACE: &str = "staticsites-system";
 
 /// `kubectl <args>` with `stdin`; its stdout, stderr and success.
-async fn kubectl(env: &TestEnv, args: &[&str], stdin: &str) -> (String, String, bool) {
+pub async fn kubectl(env: &TestEnv, args: &[&str], stdin: &str) -> (String, String, bool) {
     let mut child = env
         .kubectl()
         .args(args)
@@ -96,7 +96,7 @@ fn assert_each_applied(out: &str, objects: &[serde_json::Value], suffix: &str) {
 }
 
 /// A client authenticated only by a fresh token of the ServiceAccount (TokenRequest API).
-async fn service_account_client(env: &TestEnv, namespace: &str, name: &str) -> Client {
+pub async fn service_account_client(env: &TestEnv, namespace: &str, name: &str) -> Client {
     let accounts: Api<ServiceAccount> = Api::namespaced(env.client(), namespace);
     let request = TokenRequest {
         // No audiences: the API server's own.

@@ -34,6 +34,21 @@ async fn the_demo_runs_start_to_finish() {
         report.reconcile_metrics
     );
     assert_eq!(count("error"), Some(1), "{:?}", report.reconcile_metrics);
+    // The webhook scenes: kubectl shows the validator's own message, the stored object the
+    // default, and the object written as v1alpha1 reads as v1 with every field converted.
+    assert!(
+        report.webhook_refusal.contains(
+            "denied the request: spec.region: unknown region `mars-north`: buckets live in \
+             eu-west or us-east"
+        ),
+        "{}",
+        report.webhook_refusal
+    );
+    assert_eq!(report.defaulted_storage_class, "standard");
+    assert_eq!(
+        report.converted_spec,
+        serde_json::json!({ "region": "us-east", "retentionDays": 365, "storageClass": "cold" })
+    );
 }
 
 /// The generated manifests (CRD, ServiceAccount, least-privilege ClusterRole and binding) apply

@@ -12,7 +12,7 @@ use kuberator::{StatusError, conditions, testing::TestEnv};
 use kuberator_examples::{
     caching::{self, Found, Lookup},
     cluster_scoped, crd_yaml, custom_repository, errors, events, quickstart_macro,
-    quickstart_manual, status,
+    quickstart_manual, status, webhooks,
 };
 
 use crate::support::init_tracing;
@@ -372,4 +372,54 @@ async fn the_crd_yaml_parses_back_and_installs() {
             .items
             .is_empty()
     );
+}
+
+#[tokio::test]
+async fn the_webhooks_example_refuses_defaults_and_converts_through_kubectl() {
+    use webhooks::v1::Bucket;
+
+    let env = env().await;
+    let outcome = within(webhooks::run(&env)).await;
+    assert!(
+        outcome.refused.contains(
+            "denied the request: spec.region: unknown region `mars-north`: buckets live in \
+             eu-west or us-east"
+        ),
+        "{}",
+        outcome.refused
+    );
+    assert_eq!(outcome.defaulted_storage_class, "standard");
+    assert!(
+        outcome
+            .immutable
+            .contains(r#"spec.region: is immutable (was "eu-west", now "us-east")"#),
+        "{}",
+        outcome.immutable
+    );
+    assert_eq!(
+        outcome.as_v1,
+        serde_json::json!({ "region": "us-east", "retentionDays": 365, "storageClass": "cold" })
+    );
+    assert_eq!(
+        outcome.as_v1alpha1,
+        serde_json::json!({ "region": "us-east", "retention": "365d", "storageClass": "cold" })
+    );
+    assert!(
+        outcome.unconvertible.contains(
+            "cannot convert Bucket default/forever from webhooks.kuberator.dev/v1alpha1 to \
+             webhooks.kuberator.dev/v1: retention `forever` is not a number of days such as `30d`"
+        ),
+        "{}",
+        outcome.unconvertible
+    );
+    // On the server: the default stored, the region unchanged, nothing stored for the refusals.
+    let buckets: Api<Bucket> = Api::namespaced(env.client(), "default");
+    let logs = buckets.get("logs").await.unwrap();
+    assert_eq!(logs.spec.storage_class.as_deref(), Some("standard"));
+    assert_eq!(logs.spec.region, "eu-west");
+    assert_eq!(
+        buckets.get("archive").await.unwrap().spec.retention_days,
+        365
+    );
+    assert!(buckets.get_opt("forever").await.unwrap().is_none());
 }

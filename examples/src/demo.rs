@@ -20,6 +20,7 @@ use tokio::{
 };
 
 use crate::static_site::{FINALIZER, StaticSite, StaticSites};
+use crate::webhooks as buckets;
 
 /// What the demo saw, for tests and the summary.
 #[derive(Debug, Default)]
@@ -38,6 +39,12 @@ pub struct Report {
     pub reconcile_metrics: Vec<String>,
     /// Who holds the operator's Lease.
     pub lease_holder: String,
+    /// kubectl's error for a Bucket in an unknown region (the validating webhook's message).
+    pub webhook_refusal: String,
+    /// `spec.storageClass` of the stored Bucket, set by the mutating webhook.
+    pub defaulted_storage_class: String,
+    /// `spec` of the Bucket written as `v1alpha1`, read as `v1`.
+    pub converted_spec: serde_json::Value,
     /// Wall time of the whole story.
     pub elapsed: Duration,
 }
@@ -171,6 +178,14 @@ async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)>
         .and_then(|c| c.parse().ok())
         .context("no HTTP status")?;
     Ok((code, body.to_owned()))
+}
+
+/// The lines of `kubectl get -o yaml` output from `spec:` on (what `sed -n '/^spec:/,$p'` keeps).
+fn from_spec(yaml: &str) -> String {
+    yaml.lines()
+        .skip_while(|line| *line != "spec:")
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Polls `check` every 100 ms for up to 60 s.
@@ -446,31 +461,97 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     .await?;
     shown(&env, &story, &["get", "staticsites"]).await?;
 
+    story.step(
+        "Admission webhooks: a Bucket operator validates and defaults objects before they are stored",
+    );
+    buckets::install_crd(&env).await?;
+    let bucket_operator = buckets::operator(env.client())?;
+    let (stop_buckets, buckets_stopped) = oneshot::channel::<()>();
+    let buckets_running = tokio::spawn(
+        bucket_operator
+            .shutdown_on(async move {
+                let _ = buckets_stopped.await;
+            })
+            .run(),
+    );
+    buckets::until_served(&env).await?;
+    story.say(
+        "its `validate` and `default` methods are served on 127.0.0.1 with a certificate it \
+         created; it wrote the CA into its webhook configurations itself",
+    );
+    report.webhook_refusal = match buckets::apply(&env, buckets::INVALID).await {
+        Ok(out) => bail!("a bucket in mars-north was accepted: {out}"),
+        Err(refusal) => refusal,
+    };
+    story.show(
+        "kubectl apply -f bucket.yaml    # spec.region: mars-north",
+        &report.webhook_refusal,
+    );
+    let out = buckets::apply(&env, buckets::VALID)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    story.show(
+        "kubectl apply -f bucket.yaml    # spec.region: eu-west, no storageClass",
+        &out,
+    );
+    let yaml = kubectl(&env, &["get", "bucket", "logs", "-o", "yaml"], None).await?;
+    report.defaulted_storage_class =
+        env.kubectl_json(["get", "bucket", "logs"]).await?["spec"]["storageClass"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+    story.show(
+        "kubectl get bucket logs -o yaml | sed -n '/^spec:/,$p'    # storageClass: the default",
+        &from_spec(&yaml),
+    );
+
+    story.step("Conversion: a Bucket written as v1alpha1 (retention: 365d), read back as v1");
+    let out = buckets::apply(&env, buckets::OLD_VERSION)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    story.show(
+        "kubectl apply -f old-bucket.yaml    # apiVersion: webhooks.kuberator.dev/v1alpha1",
+        &out,
+    );
+    let v1 = format!("buckets.v1.{}", buckets::GROUP);
+    let yaml = kubectl(&env, &["get", &v1, "archive", "-o", "yaml"], None).await?;
+    report.converted_spec = env.kubectl_json(["get", &v1, "archive"]).await?["spec"].clone();
+    story.show(
+        &format!("kubectl get {v1} archive -o yaml | sed -n '/^spec:/,$p'"),
+        &from_spec(&yaml),
+    );
+    shown(&env, &story, &["get", "buckets"]).await?;
+
     if options.keep {
         story.step("Keeping everything running (Ctrl-C to stop)");
         println!("  export KUBECONFIG={}", env.kubeconfig_path().display());
         println!(
-            "  kubectl get staticsites,configmaps,services    # kubectl: {}",
+            "  kubectl get staticsites,buckets,configmaps,services    # kubectl: {}",
             env.assets_dir().join("kubectl").display()
         );
         kuberator::shutdown_signal().await;
     }
 
-    story.step("Shutting down: the operator finishes in-flight work, the control plane stops");
+    story.step("Shutting down: the operators finish in-flight work, the control plane stops");
     let _ = stop.send(());
+    let _ = stop_buckets.send(());
     running.await.context("operator task")??;
+    buckets_running.await.context("bucket operator task")??;
     drop(env);
     report.elapsed = story.started.elapsed();
     println!(
         "\nSummary: {} sites published, 1 update reconciled, 1 validation error in status ({:?}), \
          Published event of home counted {}x, ready: {}, Lease held by {:?}, shop's children \
-         garbage-collected: {}. {:.1}s in all.",
+         garbage-collected: {}; a Bucket refused by the webhook, one defaulted (storageClass \
+         {:?}), one written as v1alpha1 read as v1 (retentionDays {}). {:.1}s in all.",
         report.published,
         report.validation_error,
         report.published_event_count,
         report.ready,
         report.lease_holder,
         report.children_collected,
+        report.defaulted_storage_class,
+        report.converted_spec["retentionDays"],
         report.elapsed.as_secs_f64()
     );
     Ok(report)

@@ -14,3 +14,4 @@ pub mod site_backup;
 pub mod static_site;
 pub mod status;
 pub mod story;
+pub mod webhooks;

@@ -92,6 +92,18 @@ pub struct RbacOptions {
     service_account: Option<ServiceAccountRef>,
     liveness_path: Option<String>,
     readiness_path: Option<String>,
+    webhooks: Option<AdmissionOptions>,
+}
+
+/// The admission webhooks an operator serves, for its install bundle ([`RbacOptions::webhooks`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct AdmissionOptions {
+    /// The Service's namespace; `None`: the operator's (the bundle's) namespace.
+    pub(crate) namespace: Option<String>,
+    pub(crate) service: String,
+    pub(crate) validate: bool,
+    pub(crate) validate_deletes: bool,
+    pub(crate) default: bool,
 }
 
 /// A ServiceAccount by namespace and name.
@@ -127,6 +139,7 @@ impl RbacOptions {
             service_account: None,
             liveness_path: None,
             readiness_path: None,
+            webhooks: None,
         }
     }
 
@@ -248,6 +261,73 @@ impl RbacOptions {
     #[must_use]
     pub fn readiness_path(mut self, path: impl Into<String>) -> Self {
         self.readiness_path = Some(path.into());
+        self
+    }
+
+    /// The operator serves admission webhooks behind the Service `service`
+    /// (`website-webhooks`, in the operator's namespace, or `shop/website-webhooks`), as
+    /// `#[kuberator::operator(webhooks = "…")]` does; say which with
+    /// [`validates`](Self::validates), [`validates_deletes`](Self::validates_deletes) and
+    /// [`defaults`](Self::defaults). No rules of the resource's own: [`Bundle::for_operator`]
+    /// adds the webhook server (its Service, port and RBAC, [`WebhookServer::rbac`]) and the
+    /// webhook configurations. The generated `rbac_options()` of the macro sets all of it.
+    ///
+    /// [`WebhookServer::rbac`]: crate::webhook::WebhookServer::rbac
+    ///
+    /// ```
+    /// use kuberator::manifests::RbacOptions;
+    ///
+    /// let options = RbacOptions::new("website-operator")
+    ///     .webhooks("website-webhooks")
+    ///     .validates(true)
+    ///     .defaults(true);
+    /// # let _ = options;
+    /// ```
+    #[must_use]
+    pub fn webhooks(mut self, service: impl Into<String>) -> Self {
+        let service = service.into();
+        let (namespace, service) = match service.split_once('/') {
+            Some((namespace, name)) => (Some(namespace.to_owned()), name.to_owned()),
+            None => (None, service),
+        };
+        let old = self.webhooks.take();
+        self.webhooks = Some(AdmissionOptions {
+            namespace,
+            service,
+            validate: old.as_ref().is_some_and(|o| o.validate),
+            validate_deletes: old.as_ref().is_some_and(|o| o.validate_deletes),
+            default: old.as_ref().is_some_and(|o| o.default),
+        });
+        self
+    }
+
+    /// With [`webhooks`](Self::webhooks): the operator validates creates and updates (the
+    /// macro's `validate` method).
+    #[must_use]
+    pub fn validates(mut self, enabled: bool) -> Self {
+        if let Some(webhooks) = &mut self.webhooks {
+            webhooks.validate = enabled;
+        }
+        self
+    }
+
+    /// With [`webhooks`](Self::webhooks): the operator validates deletes (the macro's
+    /// `validate_delete` method).
+    #[must_use]
+    pub fn validates_deletes(mut self, enabled: bool) -> Self {
+        if let Some(webhooks) = &mut self.webhooks {
+            webhooks.validate_deletes = enabled;
+        }
+        self
+    }
+
+    /// With [`webhooks`](Self::webhooks): the operator sets defaults (the macro's `default`
+    /// method).
+    #[must_use]
+    pub fn defaults(mut self, enabled: bool) -> Self {
+        if let Some(webhooks) = &mut self.webhooks {
+            webhooks.default = enabled;
+        }
         self
     }
 

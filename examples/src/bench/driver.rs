@@ -111,6 +111,8 @@ pub struct Options {
     pub scale_sizes: Vec<usize>,
     /// Seconds after which the scale runs start no further size.
     pub scale_budget_secs: u64,
+    /// Creates of each kind of the admission-latency row (0: skipped).
+    pub webhook_requests: usize,
 }
 
 impl Default for Options {
@@ -131,6 +133,7 @@ impl Default for Options {
             controller_runtime_bin: None,
             scale_sizes: Vec::new(),
             scale_budget_secs: 1800,
+            webhook_requests: 1000,
         }
     }
 }
@@ -146,8 +149,33 @@ impl Options {
             generations_objects: 0,
             shard_objects: 0,
             scale_sizes: vec![10_000, 50_000, 100_000],
+            webhook_requests: 0,
             ..Self::default()
         }
+    }
+
+    /// `--webhooks`: only the admission-latency row (1000 creates of each kind).
+    pub fn webhooks() -> Self {
+        Self {
+            counts: Vec::new(),
+            memory_objects: 0,
+            storm_emits: 0,
+            manager_objects: 0,
+            generations_objects: 0,
+            shard_objects: 0,
+            ..Self::default()
+        }
+    }
+
+    /// Whether anything but the admission-latency row runs (they need `bench_operator`).
+    fn needs_operator(&self) -> bool {
+        !self.counts.is_empty()
+            || self.memory_objects > 0
+            || self.storm_emits > 0
+            || self.manager_objects > 0
+            || self.generations_objects > 0
+            || (self.shard_objects > 0 && !self.shard_replicas.is_empty())
+            || !self.scale_sizes.is_empty()
     }
 
     /// `--quick`: a smoke run in about a minute.
@@ -161,6 +189,7 @@ impl Options {
             shard_objects: 300,
             shard_replicas: vec![1, 2, 4],
             shard_work_ms: 20,
+            webhook_requests: 200,
             ..Self::default()
         }
     }
@@ -168,13 +197,14 @@ impl Options {
 
 /// The usage text.
 pub const USAGE: &str = "\
-usage: bench [--quick | --scale] [--n 200,1000,5000] [--impls kuberator,raw,controller-runtime,limit]
+usage: bench [--quick | --scale | --webhooks] [--n 200,1000,5000] [--impls kuberator,raw,controller-runtime,limit]
              [--concurrency 8]
              [--rounds 1]
              [--memory-objects 10000] [--storm-emits 10000] [--manager-objects 500]
              [--generations-objects 500] [--shard-objects 3000] [--shard-replicas 1,2,4] [--shard-work-ms 20]
              [--operator-bin PATH] [--controller-runtime-bin PATH]
              [--scale-sizes 10000,50000,100000] [--scale-budget-secs 1800]
+             [--webhook-requests 1000]
 
   --quick            N=200, 1000 objects for memory, 2000 storm emits, 100 manager sites
                      (a smoke run)
@@ -194,6 +224,10 @@ usage: bench [--quick | --scale] [--n 200,1000,5000] [--impls kuberator,raw,cont
   --scale-sizes LIST pre-created objects of the scale runs (default with --scale:
                      10000,50000,100000; 100,000 take minutes to create)
   --scale-budget-secs B  start no further scale size after B seconds (default 1800)
+  --webhooks         only the admission-latency row (not part of --scale)
+  --webhook-requests R  creates of each kind of the admission-latency row: without webhooks
+                     and through kuberator's validating + mutating webhook (0: skip;
+                     --quick: 200)
   --operator-bin P   the bench_operator binary (default: built with cargo, next to this one)
   --controller-runtime-bin P  the Go baseline (default: built and cached by
                      examples/bench/controller-runtime/build.sh with the machine's Go)";
@@ -207,6 +241,8 @@ pub fn parse_args(args: &[String]) -> anyhow::Result<Options> {
         Options::quick()
     } else if args.iter().any(|a| a == "--scale") {
         Options::scale()
+    } else if args.iter().any(|a| a == "--webhooks") {
+        Options::webhooks()
     } else {
         Options::default()
     };
@@ -216,7 +252,7 @@ pub fn parse_args(args: &[String]) -> anyhow::Result<Options> {
             Some((flag, value)) => (flag, Some(value.to_owned())),
             None => (arg.as_str(), None),
         };
-        if flag == "--quick" || flag == "--scale" {
+        if flag == "--quick" || flag == "--scale" || flag == "--webhooks" {
             continue;
         }
         if flag == "--help" || flag == "-h" {
@@ -271,6 +307,7 @@ pub fn parse_args(args: &[String]) -> anyhow::Result<Options> {
                     .with_context(|| format!("`--scale-sizes {value}`"))?;
             }
             "--scale-budget-secs" => options.scale_budget_secs = value.parse()?,
+            "--webhook-requests" => options.webhook_requests = value.parse()?,
             "--operator-bin" => options.operator_bin = Some(value.into()),
             "--controller-runtime-bin" => options.controller_runtime_bin = Some(value.into()),
             _ => bail!("unknown argument `{arg}`\n{USAGE}"),
@@ -284,7 +321,10 @@ pub fn parse_args(args: &[String]) -> anyhow::Result<Options> {
 /// # Errors
 /// The control plane does not start, a child fails, or a run times out.
 pub async fn run(options: Options) -> anyhow::Result<()> {
-    let operator_bin = operator_binary(options.operator_bin.as_deref()).await?;
+    let operator_bin = match options.needs_operator() {
+        true => operator_binary(options.operator_bin.as_deref()).await?,
+        false => PathBuf::new(),
+    };
     let controller_runtime_bin = if options.impls.contains(&Impl::ControllerRuntime) {
         Some(super::controller_runtime::binary(options.controller_runtime_bin.as_deref()).await?)
     } else {
@@ -401,6 +441,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             }
         }
         println!("{}", super::scale::scale_table(&results));
+    }
+    if options.webhook_requests > 0 {
+        let results = super::webhooks::measure(&bench.env, options.webhook_requests).await?;
+        println!(
+            "{}",
+            super::webhooks::webhooks_table(options.webhook_requests, &results)
+        );
     }
     if !summary.is_empty() {
         println!("{}", ratio_summary(&summary));
@@ -1375,5 +1422,19 @@ mod tests {
         assert_eq!(options.scale_sizes, [1000, 10_000]);
         assert!(parse_args(&args("--scale-sizes ten")).is_err());
         assert!(parse_args(&[]).unwrap().scale_sizes.is_empty());
+        assert_eq!(options.webhook_requests, 0);
+    }
+
+    #[test]
+    fn webhooks_runs_only_the_admission_latency_row() {
+        let options = parse_args(&args("--webhooks")).unwrap();
+        assert_eq!(options.webhook_requests, 1000);
+        assert!(!options.needs_operator());
+        let options = parse_args(&args("--webhooks --webhook-requests 300")).unwrap();
+        assert_eq!(options.webhook_requests, 300);
+        let full = parse_args(&[]).unwrap();
+        assert!(full.needs_operator());
+        assert_eq!(full.webhook_requests, 1000);
+        assert_eq!(parse_args(&args("--quick")).unwrap().webhook_requests, 200);
     }
 }

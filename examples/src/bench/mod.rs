@@ -11,7 +11,8 @@
 //! The driver ([`driver`]) starts a `TestEnv`, runs the workload through each implementation
 //! and prints the tables. [`manager`] adds the manager row: two controllers sharing a kind in one
 //! `Manager` against the same two as separate operators; [`shards`] the sharding rows: 1, 2 and 4
-//! replicas of a sharded operator over one kind's objects.
+//! replicas of a sharded operator over one kind's objects; [`webhooks`] the admission-latency
+//! row: creates with and without kuberator's validating and mutating webhooks.
 
 pub mod children;
 pub mod controller_runtime;
@@ -24,6 +25,7 @@ pub mod proc;
 pub mod raw;
 pub mod scale;
 pub mod shards;
+pub mod webhooks;
 
 use kuberator::prelude::*;
 

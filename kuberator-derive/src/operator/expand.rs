@@ -230,6 +230,24 @@ pub(crate) fn operator(op: &Operator, handlers: &[ImplItemFn]) -> TokenStream {
         None => (None, None, None),
     };
     let webhook_setup = webhook.as_ref().map(|webhook| &webhook.setup);
+    // The bundle's webhook Service and configurations (`Bundle::for_operator`).
+    let webhook_options = op.webhooks.as_ref().map(|service| {
+        let service = match &service.namespace {
+            Some(namespace) => format!("{namespace}/{}", service.name),
+            None => service.name.clone(),
+        };
+        let (validates, deletes, defaults) = (
+            op.validate.is_some(),
+            op.validate_delete.is_some(),
+            op.default.is_some(),
+        );
+        quote! {
+            .webhooks(#service)
+            .validates(#validates)
+            .validates_deletes(#deletes)
+            .defaults(#defaults)
+        }
+    });
     let rbac_mut = webhook.as_ref().map(|_| quote!(mut));
 
     let user_handlers = user_handlers(handler, handlers);
@@ -326,6 +344,7 @@ pub(crate) fn operator(op: &Operator, handlers: &[ImplItemFn]) -> TokenStream {
                         #(#owns)*
                         #rbac_shard_marker
                         #probe_paths
+                        #webhook_options
                 }
 
                 async fn run(self, client: #private::kube::Client) -> #root::Result<()> {

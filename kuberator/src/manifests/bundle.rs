@@ -26,7 +26,7 @@ use super::{Grant, LEASE_VERBS, Rbac, RbacOptions, Scope, ServiceAccountRef, rul
 use crate::{
     cache::ApiScope,
     error::{Error, Result},
-    webhook::{Registration, Webhook, WebhookServer},
+    webhook::{Conversion, Registration, Webhook, WebhookServer},
 };
 
 /// The port of the operator's `/metrics`, `/healthz` and `/readyz` server unless set with
@@ -85,7 +85,14 @@ pub struct Bundle {
     env: Vec<EnvVar>,
     resources: ResourceRequirements,
     webhook_server: Option<WebhookServer>,
+    /// A webhook Service in the bundle's namespace, whatever it is set to
+    /// ([`RbacOptions::webhooks`] without a namespace).
+    webhook_service: Option<String>,
     webhooks: Vec<Registration>,
+    /// The CRDs whose conversion the webhook server serves (by name).
+    conversions: Vec<String>,
+    /// Mistakes of the builder, reported by [`objects`](Bundle::objects).
+    problems: Vec<String>,
 }
 
 impl Bundle {
@@ -113,7 +120,10 @@ impl Bundle {
                 ..ResourceRequirements::default()
             },
             webhook_server: None,
+            webhook_service: None,
             webhooks: Vec::new(),
+            conversions: Vec::new(),
+            problems: Vec::new(),
         }
     }
 
@@ -144,6 +154,20 @@ impl Bundle {
         }
         if let Some(path) = &options.readiness_path {
             bundle = bundle.readiness_path(path);
+        }
+        if let Some(webhooks) = &options.webhooks {
+            match &webhooks.namespace {
+                Some(namespace) => {
+                    bundle.webhook_server =
+                        Some(WebhookServer::in_cluster(namespace, &webhooks.service));
+                }
+                None => bundle.webhook_service = Some(webhooks.service.clone()),
+            }
+            bundle.add_registrations(crate::webhook::registrations_of::<R>(
+                webhooks.validate,
+                webhooks.validate_deletes,
+                webhooks.default,
+            ));
         }
         bundle
     }
@@ -337,7 +361,25 @@ impl Bundle {
     #[must_use]
     pub fn webhook_server(mut self, server: WebhookServer) -> Self {
         self.webhook_server = Some(server);
+        self.webhook_service = None;
         self
+    }
+
+    /// The webhook server: the one set, or the Service of [`RbacOptions::webhooks`] in the
+    /// bundle's namespace.
+    fn server(&self) -> Option<WebhookServer> {
+        self.webhook_server.clone().or_else(|| {
+            self.webhook_service
+                .as_ref()
+                .map(|service| WebhookServer::in_cluster(self.operator_namespace(), service))
+        })
+    }
+
+    fn add_registrations(&mut self, registrations: Vec<Registration>) {
+        for registration in registrations {
+            self.webhooks.retain(|r| r.path != registration.path);
+            self.webhooks.push(registration);
+        }
     }
 
     /// Adds the `ValidatingWebhookConfiguration` / `MutatingWebhookConfiguration` entries of
@@ -349,11 +391,68 @@ impl Bundle {
     /// `Webhook::<Website>::new().validate(|_, _| Ok(())).default(|_| {})`.
     #[must_use]
     pub fn webhook<R: crate::finalize::Object>(mut self, webhook: &Webhook<R>) -> Self {
-        for registration in webhook.registration_list() {
-            self.webhooks.retain(|r| r.path != registration.path);
-            self.webhooks.push(registration);
-        }
+        self.add_registrations(webhook.registration_list());
         self
+    }
+
+    /// The conversion of a multi-version CRD, served by the bundle's
+    /// [`webhook_server`](Bundle::webhook_server): its CRD ([`Conversion::crd`], replacing
+    /// the single-version one of [`for_operator`](Bundle::for_operator)) with
+    /// `spec.conversion.strategy: Webhook` pointing at the webhook Service's `/convert`
+    /// (without a `caBundle`: the operator writes its CA there at start-up), and the RBAC to
+    /// do so: `patch` of that CRD only, by `resourceNames`.
+    ///
+    /// ```
+    /// # mod v1alpha1 {
+    /// #     use kube::CustomResource; use schemars::JsonSchema; use serde::{Deserialize, Serialize};
+    /// #     #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
+    /// #     #[kube(group = "example.com", version = "v1alpha1", kind = "Website", namespaced)]
+    /// #     pub struct WebsiteSpec { pub image: String }
+    /// # }
+    /// # mod v1 {
+    /// #     use kube::CustomResource; use schemars::JsonSchema; use serde::{Deserialize, Serialize};
+    /// #     #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
+    /// #     #[kube(group = "example.com", version = "v1", kind = "Website", namespaced)]
+    /// #     pub struct WebsiteSpec { pub image: String }
+    /// # }
+    /// # impl From<v1alpha1::WebsiteSpec> for v1::WebsiteSpec {
+    /// #     fn from(old: v1alpha1::WebsiteSpec) -> Self { v1::WebsiteSpec { image: old.image } }
+    /// # }
+    /// # impl From<v1::WebsiteSpec> for v1alpha1::WebsiteSpec {
+    /// #     fn from(new: v1::WebsiteSpec) -> Self { v1alpha1::WebsiteSpec { image: new.image } }
+    /// # }
+    /// use kuberator::{manifests::{Bundle, RbacOptions}, webhook::{Conversion, WebhookServer}};
+    ///
+    /// let conversion = Conversion::<v1::Website>::new().version::<v1alpha1::Website>();
+    /// let bundle = Bundle::for_operator::<v1::Website>(&RbacOptions::new("website-operator"))
+    ///     .image("registry.example.com/website-operator:1.0.0")
+    ///     .namespace("websites")
+    ///     .webhook_server(WebhookServer::in_cluster("websites", "website-webhooks"))
+    ///     .conversion(&conversion);
+    /// let yaml = bundle.to_yaml()?;
+    /// assert!(yaml.contains("strategy: Webhook"));
+    /// assert!(yaml.contains("path: /convert"));
+    /// # Ok::<(), kuberator::Error>(())
+    /// ```
+    #[must_use]
+    pub fn conversion<Hub>(mut self, conversion: &Conversion<Hub>) -> Self
+    where
+        Hub: Resource<DynamicType = ()> + CustomResourceExt + kube::core::object::HasSpec,
+        Hub::Spec: serde::Serialize + serde::de::DeserializeOwned + 'static,
+    {
+        match conversion.crd() {
+            Ok(crd) => {
+                let name = conversion.crd_name().to_owned();
+                if !self.conversions.contains(&name) {
+                    self.conversions.push(name);
+                }
+                self.crd(crd)
+            }
+            Err(error) => {
+                self.problems.push(error.to_string());
+                self
+            }
+        }
     }
 
     /// The namespace the operator runs in.
@@ -376,8 +475,21 @@ impl Bundle {
     /// [`check_permissions`](super::check_permissions).
     pub fn rbac_objects(&self) -> Rbac {
         let mut grants = self.grants.clone();
-        if let Some(server) = &self.webhook_server {
+        if let Some(server) = self.server() {
             grants.extend(server.rbac(&self.name).grants);
+        }
+        if !self.conversions.is_empty() {
+            grants.push(Grant {
+                name: format!("{}-conversion", self.name),
+                scope: Scope::Cluster,
+                rules: vec![k8s_openapi::api::rbac::v1::PolicyRule {
+                    api_groups: Some(vec!["apiextensions.k8s.io".to_owned()]),
+                    resources: Some(vec!["customresourcedefinitions".to_owned()]),
+                    verbs: vec!["patch".to_owned()],
+                    resource_names: Some(self.conversions.clone()),
+                    ..k8s_openapi::api::rbac::v1::PolicyRule::default()
+                }],
+            });
         }
         if self.leader_election || self.sharding {
             grants.push(Grant {
@@ -394,6 +506,9 @@ impl Bundle {
 
     fn check(&self) -> Result<&str> {
         let problem = |message: String| Err(Error::Anyhow(anyhow::Error::msg(message)));
+        if let Some(first) = self.problems.first() {
+            return problem(first.clone());
+        }
         let Some(image) = self.image.as_deref().filter(|i| !i.trim().is_empty()) else {
             return problem(format!(
                 "the bundle of `{}` needs a container image (`--image` / `Bundle::image`)",
@@ -441,7 +556,11 @@ impl Bundle {
         if !(1..=65535).contains(&self.port) {
             return problem(format!("port {} is not in 1-65535", self.port));
         }
-        match (&self.webhook_server, self.webhooks.is_empty()) {
+        let server = self.server();
+        match (
+            &server,
+            self.webhooks.is_empty() && self.conversions.is_empty(),
+        ) {
             (None, false) => {
                 return problem(
                     "the bundle has webhooks but no webhook server: add \
@@ -552,7 +671,7 @@ impl Bundle {
             protocol: Some("TCP".to_owned()),
             ..ContainerPort::default()
         }];
-        if let Some(server) = &self.webhook_server {
+        if let Some(server) = self.server() {
             ports.push(ContainerPort {
                 name: Some("webhook".to_owned()),
                 container_port: i32::from(server.bind_port()),
@@ -645,7 +764,7 @@ impl Bundle {
     /// The Service in front of the webhook port, with a
     /// [`webhook_server`](Bundle::webhook_server).
     pub fn webhook_service(&self) -> Option<Service> {
-        let mut service = self.webhook_server.as_ref()?.service(self.selector())?;
+        let mut service = self.server()?.service(self.selector())?;
         service.metadata.labels = Some(self.labels());
         Some(service)
     }
@@ -654,8 +773,7 @@ impl Bundle {
     /// [`webhook`](Bundle::webhook)).
     pub fn webhook_configurations(&self) -> Vec<serde_json::Value> {
         let Some((validating, mutating)) = self
-            .webhook_server
-            .as_ref()
+            .server()
             .and_then(|server| server.bundle_configurations(&self.webhooks))
         else {
             return Vec::new();
@@ -699,7 +817,17 @@ impl Bundle {
             value.context("serializing the bundle").map_err(Error::from)
         };
         let mut crds = Vec::new();
+        let server = self.server();
         for crd in &self.crds {
+            let mut crd = crd.clone();
+            let converted = crd
+                .metadata
+                .name
+                .as_ref()
+                .is_some_and(|name| self.conversions.contains(name));
+            if converted && let Some(server) = &server {
+                crd.spec.conversion = Some(server.conversion_stanza()?);
+            }
             crds.push(json(serde_json::to_value(crd))?);
         }
         let mut services = vec![json(serde_json::to_value(self.metrics_service()))?];
@@ -1273,6 +1401,226 @@ mod tests {
         let rbac = serde_json::to_string(&bundle.rbac_objects().objects().unwrap()).unwrap();
         assert!(rbac.contains("website-webhooks-tls"), "{rbac}");
         assert!(rbac.contains("validatingwebhookconfigurations"), "{rbac}");
+    }
+
+    #[test]
+    fn the_webhooks_of_rbac_options_follow_the_bundles_namespace() {
+        // What `#[kuberator::operator(webhooks = "website-webhooks")]` with `validate`,
+        // `validate_delete` and `default` generates.
+        let options = RbacOptions::new("websites.example.com-operator")
+            .webhooks("website-webhooks")
+            .validates(true)
+            .validates_deletes(true)
+            .defaults(true);
+        let bundle = Bundle::for_operator::<Website>(&options)
+            .image("example.com/op:1")
+            .namespace("web");
+        let objects = bundle.objects().unwrap();
+        let validating = objects
+            .iter()
+            .find(|o| o["kind"] == "ValidatingWebhookConfiguration")
+            .unwrap();
+        let hook = &validating["webhooks"][0];
+        assert_eq!(hook["name"], "websites.example.com.validate.kuberator.dev");
+        assert_eq!(
+            hook["clientConfig"]["service"],
+            serde_json::json!({
+                "namespace": "web",
+                "name": "website-webhooks",
+                "port": 443,
+                "path": "/validate-example-com-v1-website",
+            })
+        );
+        assert_eq!(
+            hook["rules"],
+            serde_json::json!([{
+                "operations": ["CREATE", "UPDATE", "DELETE"],
+                "apiGroups": ["example.com"],
+                "apiVersions": ["v1"],
+                "resources": ["websites"],
+                "scope": "*",
+            }])
+        );
+        assert_eq!(hook["sideEffects"], "None");
+        assert_eq!(hook["admissionReviewVersions"], serde_json::json!(["v1"]));
+        assert_eq!(hook["failurePolicy"], "Fail");
+        assert_eq!(hook["timeoutSeconds"], 7);
+        assert!(hook["clientConfig"].get("caBundle").is_none(), "{hook}");
+        let mutating = objects
+            .iter()
+            .find(|o| o["kind"] == "MutatingWebhookConfiguration")
+            .unwrap();
+        assert_eq!(
+            mutating["webhooks"][0]["rules"][0]["operations"],
+            serde_json::json!(["CREATE", "UPDATE"])
+        );
+        assert_eq!(mutating["webhooks"][0]["reinvocationPolicy"], "Never");
+        let service = objects
+            .iter()
+            .find(|o| o["kind"] == "Service" && o["metadata"]["name"] == "website-webhooks")
+            .unwrap();
+        assert_eq!(service["metadata"]["namespace"], "web");
+        // The certificate Secret in the bundle's namespace, by name; the configurations by name.
+        let rbac = bundle.rbac_objects();
+        let secrets = rbac
+            .grants
+            .iter()
+            .find(|g| g.name == "websites-operator-webhook-certificates")
+            .unwrap();
+        assert_eq!(secrets.scope, Scope::Namespace("web".to_owned()));
+        assert_eq!(
+            secrets.rules[0].resource_names,
+            Some(vec!["website-webhooks-tls".to_owned()])
+        );
+        let configurations = rbac
+            .grants
+            .iter()
+            .find(|g| g.name == "websites-operator-webhooks")
+            .unwrap();
+        assert_eq!(
+            configurations.rules[0].resource_names,
+            Some(vec!["website-webhooks".to_owned()])
+        );
+        assert_eq!(configurations.rules[0].verbs, ["get", "patch"]);
+
+        // Only `default`: a mutating configuration alone; a namespace given: that one.
+        let options = RbacOptions::new("websites.example.com-operator")
+            .webhooks("shop/website-webhooks")
+            .defaults(true);
+        let objects = Bundle::for_operator::<Website>(&options)
+            .image("example.com/op:1")
+            .namespace("shop")
+            .objects()
+            .unwrap();
+        let kinds = kinds(&objects);
+        assert!(
+            !kinds.contains(&"ValidatingWebhookConfiguration"),
+            "{kinds:?}"
+        );
+        assert!(kinds.contains(&"MutatingWebhookConfiguration"), "{kinds:?}");
+    }
+
+    mod old {
+        use super::*;
+        #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
+        #[kube(
+            group = "example.com",
+            version = "v1alpha1",
+            kind = "Website",
+            namespaced
+        )]
+        pub(crate) struct WebsiteSpec {
+            pub(crate) image: String,
+        }
+    }
+
+    impl From<old::WebsiteSpec> for WebsiteSpec {
+        fn from(old: old::WebsiteSpec) -> Self {
+            WebsiteSpec { image: old.image }
+        }
+    }
+
+    impl From<WebsiteSpec> for old::WebsiteSpec {
+        fn from(new: WebsiteSpec) -> Self {
+            old::WebsiteSpec { image: new.image }
+        }
+    }
+
+    #[test]
+    fn a_conversion_ships_its_crd_with_the_webhook_stanza_and_the_rbac_to_patch_it() {
+        let conversion = Conversion::<Website>::new().version::<old::Website>();
+        let with_conversion = bundle()
+            .webhook_server(WebhookServer::in_cluster(
+                "websites-operator-system",
+                "website-webhooks",
+            ))
+            .conversion(&conversion);
+        let objects = with_conversion.objects().unwrap();
+        let crds: Vec<_> = objects
+            .iter()
+            .filter(|o| o["kind"] == "CustomResourceDefinition")
+            .collect();
+        assert_eq!(crds.len(), 1, "the multi-version CRD replaced the other");
+        let crd = crds[0];
+        let versions: Vec<_> = crd["spec"]["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| (v["name"].as_str().unwrap(), v["storage"].as_bool().unwrap()))
+            .collect();
+        assert_eq!(versions, [("v1", true), ("v1alpha1", false)]);
+        assert_eq!(
+            crd["spec"]["conversion"],
+            serde_json::json!({
+                "strategy": "Webhook",
+                "webhook": {
+                    "conversionReviewVersions": ["v1"],
+                    "clientConfig": {
+                        "service": {
+                            "namespace": "websites-operator-system",
+                            "name": "website-webhooks",
+                            "port": 443,
+                            "path": "/convert",
+                        },
+                    },
+                },
+            })
+        );
+        let yaml = with_conversion.to_yaml().unwrap();
+        assert!(yaml.contains("strategy: Webhook"), "{yaml}");
+        // The RBAC: patch of this CRD only; the Service and the certificate Secret.
+        let rbac = with_conversion.rbac_objects();
+        let grant = rbac
+            .grants
+            .iter()
+            .find(|g| g.name == "websites-operator-conversion")
+            .unwrap();
+        assert_eq!(grant.scope, Scope::Cluster);
+        assert_eq!(grant.rules.len(), 1);
+        assert_eq!(grant.rules[0].verbs, ["patch"]);
+        assert_eq!(
+            grant.rules[0].resource_names,
+            Some(vec!["websites.example.com".to_owned()])
+        );
+        assert!(
+            objects
+                .iter()
+                .any(|o| o["kind"] == "Service" && o["metadata"]["name"] == "website-webhooks")
+        );
+        assert!(
+            rbac.grants
+                .iter()
+                .any(|g| g.name == "websites-operator-webhook-certificates")
+        );
+        // No admission webhooks: no configurations.
+        assert!(
+            !kinds(&objects)
+                .iter()
+                .any(|k| k.ends_with("WebhookConfiguration"))
+        );
+
+        // Without a server, or with a local one: refused with the fix.
+        let error = bundle()
+            .conversion(&conversion)
+            .objects()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("no webhook server"), "{error}");
+        let local = conversion
+            .crd_for(&WebhookServer::local())
+            .unwrap_err()
+            .to_string();
+        assert!(local.contains("install `Conversion::crd()`"), "{local}");
+        // A conversion that cannot be built is named.
+        let error = bundle()
+            .conversion(&Conversion::<Website>::new().version::<Website>())
+            .objects()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("is the hub (storage) version already"),
+            "{error}"
+        );
     }
 
     #[test]

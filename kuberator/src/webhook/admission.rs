@@ -380,6 +380,38 @@ impl<R: Object> Webhook<R> {
     }
 }
 
+/// The registrations of handlers of `R` with the default timeout and no selectors (the
+/// webhooks of `#[kuberator::operator]`, for the install bundle): a validating one with
+/// `validate` or `deletes` (creates and updates pass when only `deletes`), a mutating one
+/// with `default`.
+pub(crate) fn registrations_of<R: Resource<DynamicType = ()>>(
+    validate: bool,
+    deletes: bool,
+    default: bool,
+) -> Vec<Registration> {
+    let registration = |mutating: bool, operations: Vec<&'static str>| Registration {
+        path: path::<R>(if mutating { "mutate" } else { "validate" }),
+        mutating,
+        target: Target::of::<R>(),
+        operations,
+        timeout: DEFAULT_HANDLER_TIMEOUT,
+        namespace_selector: None,
+        object_selector: None,
+    };
+    let mut registrations = Vec::new();
+    if validate || deletes {
+        let mut operations = vec!["CREATE", "UPDATE"];
+        if deletes {
+            operations.push("DELETE");
+        }
+        registrations.push(registration(false, operations));
+    }
+    if default {
+        registrations.push(registration(true, vec!["CREATE", "UPDATE"]));
+    }
+    registrations
+}
+
 /// controller-runtime's webhook path for `R`.
 fn path<R: Resource<DynamicType = ()>>(prefix: &str) -> String {
     format!(

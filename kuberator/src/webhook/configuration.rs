@@ -104,27 +104,30 @@ fn ca_bundle(pem: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The merge patch that points the conversion of a CRD at the webhook server: `strategy:
-/// Webhook`, review version `v1`, the client config of `endpoint` at `/convert` with the CA.
-pub(crate) fn conversion_patch(endpoint: &Endpoint, ca_pem: Option<&str>) -> Value {
+/// `spec.conversion` of a CRD whose conversion the webhook server serves: `strategy: Webhook`,
+/// review version `v1`, the client config of `endpoint` at `/convert`, with the CA when given.
+pub(crate) fn conversion_stanza(endpoint: &Endpoint, ca_pem: Option<&str>) -> Value {
     let ca_bundle = ca_pem.map(ca_bundle);
-    let mut client_config = endpoint.client_config(super::CONVERT_PATH, ca_bundle.as_deref());
+    json!({
+        "strategy": "Webhook",
+        "webhook": {
+            "conversionReviewVersions": ["v1"],
+            "clientConfig": endpoint.client_config(super::CONVERT_PATH, ca_bundle.as_deref()),
+        },
+    })
+}
+
+/// The merge patch that points the conversion of a CRD at the webhook server
+/// ([`conversion_stanza`]).
+pub(crate) fn conversion_patch(endpoint: &Endpoint, ca_pem: Option<&str>) -> Value {
+    let mut conversion = conversion_stanza(endpoint, ca_pem);
     // A merge patch keeps what it does not name: drop the other way of reaching the server.
+    let client_config = &mut conversion["webhook"]["clientConfig"];
     match endpoint {
         Endpoint::Url { .. } => client_config["service"] = Value::Null,
         Endpoint::Service { .. } => client_config["url"] = Value::Null,
     }
-    json!({
-        "spec": {
-            "conversion": {
-                "strategy": "Webhook",
-                "webhook": {
-                    "conversionReviewVersions": ["v1"],
-                    "clientConfig": client_config,
-                },
-            },
-        },
-    })
+    json!({ "spec": { "conversion": conversion } })
 }
 
 /// Points the conversion of the CRD `name` at the webhook server, with `ca_pem` as its

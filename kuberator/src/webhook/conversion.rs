@@ -187,13 +187,63 @@ where
 
     /// The multi-version CRD: every version's schema, the hub as the storage version, and
     /// `spec.conversion.strategy: None` (the webhook server switches it to `Webhook` with its
-    /// client config and CA when it starts; install this CRD before the operator runs).
+    /// client config and CA when it starts; install this CRD before the operator runs, e.g.
+    /// in a [`TestEnv`](crate::testing)). For the CRD a cluster admin installs, see
+    /// [`crd_for`](Conversion::crd_for) or [`Bundle::conversion`](crate::manifests::Bundle::conversion).
     ///
     /// # Errors
     /// A version of another group or kind, the hub added as a version, or versions that kube's
     /// [`merge_crds`](kube::core::crd::merge_crds) cannot merge (different scope or names).
     pub fn crd(&self) -> crate::Result<CustomResourceDefinition> {
         self.converter.crd()
+    }
+
+    /// The multi-version CRD as it is installed in a cluster: [`crd`](Conversion::crd) with
+    /// `spec.conversion.strategy: Webhook`, `conversionReviewVersions: [v1]` and the client
+    /// config of `server`'s Service at `/convert`, without a `caBundle` (the operator writes
+    /// its CA there when it starts; until then reads of other versions than the storage
+    /// version fail).
+    ///
+    /// ```
+    /// # mod v1alpha1 {
+    /// #     use kube::CustomResource; use schemars::JsonSchema; use serde::{Deserialize, Serialize};
+    /// #     #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
+    /// #     #[kube(group = "example.com", version = "v1alpha1", kind = "Website", namespaced)]
+    /// #     pub struct WebsiteSpec { pub image: String }
+    /// # }
+    /// # mod v1 {
+    /// #     use kube::CustomResource; use schemars::JsonSchema; use serde::{Deserialize, Serialize};
+    /// #     #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
+    /// #     #[kube(group = "example.com", version = "v1", kind = "Website", namespaced)]
+    /// #     pub struct WebsiteSpec { pub image: String }
+    /// # }
+    /// # impl From<v1alpha1::WebsiteSpec> for v1::WebsiteSpec {
+    /// #     fn from(old: v1alpha1::WebsiteSpec) -> Self { v1::WebsiteSpec { image: old.image } }
+    /// # }
+    /// # impl From<v1::WebsiteSpec> for v1alpha1::WebsiteSpec {
+    /// #     fn from(new: v1::WebsiteSpec) -> Self { v1alpha1::WebsiteSpec { image: new.image } }
+    /// # }
+    /// use kuberator::webhook::{Conversion, WebhookServer};
+    ///
+    /// let conversion = Conversion::<v1::Website>::new().version::<v1alpha1::Website>();
+    /// let crd = conversion.crd_for(&WebhookServer::in_cluster("websites", "website-webhooks"))?;
+    /// let stanza = crd.spec.conversion.unwrap();
+    /// assert_eq!(stanza.strategy, "Webhook");
+    /// let service = stanza.webhook.unwrap().client_config.unwrap().service.unwrap();
+    /// assert_eq!(service.path.as_deref(), Some("/convert"));
+    /// # Ok::<(), kuberator::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`crd`](Conversion::crd), or for a [`WebhookServer::local`](super::WebhookServer::local)
+    /// (its port is known only once bound: install [`crd`](Conversion::crd) instead).
+    pub fn crd_for(
+        &self,
+        server: &super::WebhookServer,
+    ) -> crate::Result<CustomResourceDefinition> {
+        let mut crd = self.converter.crd()?;
+        crd.spec.conversion = Some(server.conversion_stanza()?);
+        Ok(crd)
     }
 
     /// The name of the CRD (`<plural>.<group>`), the one the webhook server patches.

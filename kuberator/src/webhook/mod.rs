@@ -81,7 +81,7 @@ pub use certs::{
 pub use conversion::{CONVERT_PATH, Conversion};
 pub use server::{DEFAULT_BODY_LIMIT, WebhookServer};
 
-pub(crate) use admission::Registration;
+pub(crate) use admission::{Registration, registrations_of};
 pub(crate) use server::Running;
 
 use crate::{error::Result, finalize::Object, runtime::Metrics};

@@ -24,6 +24,7 @@ use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
 };
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceConversion;
 use kube::{
     Client,
     core::{
@@ -341,6 +342,23 @@ impl WebhookServer {
         self.bind.port()
     }
 
+    /// How the API server reaches an [`in_cluster`](WebhookServer::in_cluster) server; `None`
+    /// for [`local`](WebhookServer::local) (its URL's port is known once bound).
+    fn service_endpoint(&self) -> Option<Endpoint> {
+        match &self.endpoint {
+            EndpointConfig::Service {
+                namespace,
+                name,
+                port,
+            } => Some(Endpoint::Service {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                port: *port,
+            }),
+            EndpointConfig::Local { .. } => None,
+        }
+    }
+
     /// The webhook configurations of `registrations` as the install bundle ships them: without
     /// a `caBundle` (the operator writes it at start-up); `None` for
     /// [`local`](WebhookServer::local).
@@ -348,25 +366,32 @@ impl WebhookServer {
         &self,
         registrations: &[super::admission::Registration],
     ) -> Option<(Option<serde_json::Value>, Option<serde_json::Value>)> {
-        let EndpointConfig::Service {
-            namespace,
-            name,
-            port,
-        } = &self.endpoint
-        else {
-            return None;
-        };
-        let endpoint = Endpoint::Service {
-            namespace: namespace.clone(),
-            name: name.clone(),
-            port: *port,
-        };
+        let endpoint = self.service_endpoint()?;
         Some(configuration::configurations(
             &self.configuration_name,
             registrations,
             &endpoint,
             None,
         ))
+    }
+
+    /// `spec.conversion` of a CRD this server converts, as the install bundle ships it:
+    /// `strategy: Webhook` to the Service's `/convert`, without a `caBundle` (the operator
+    /// writes it at start-up).
+    ///
+    /// # Errors
+    /// For [`local`](WebhookServer::local): its URL is known only once it has bound its port.
+    pub(crate) fn conversion_stanza(&self) -> Result<CustomResourceConversion> {
+        let endpoint = self.service_endpoint().ok_or_else(|| {
+            anyhow!(
+                "a `WebhookServer::local()` is reached on a port it binds at start-up: install \
+                 `Conversion::crd()` and let the server point the CRD at itself, or use \
+                 `WebhookServer::in_cluster(namespace, service)`"
+            )
+        })?;
+        serde_json::from_value(configuration::conversion_stanza(&endpoint, None))
+            .context("the conversion stanza of the CRD")
+            .map_err(Into::into)
     }
 
     /// Binds, loads the certificate, serves `handlers`, writes the webhook configurations, and
