@@ -11,7 +11,7 @@
 //!
 //! The server, its certificate (created in a Secret), the `caBundle` of the webhook
 //! configurations and of the CRD's conversion stanza: all done by kuberator at start-up
-//! ([`operator`]). Against the local control plane (a fresh etcd + kube-apiserver, gone at
+//! ([`operator()`]). Against the local control plane (a fresh etcd + kube-apiserver, gone at
 //! exit):
 //!
 //! ```text
