@@ -256,6 +256,10 @@ const _: () = {
                     )
                     .finalizer(false)
                     .events(false)
+                    .webhooks("website-webhooks")
+                    .validates(true)
+                    .validates_deletes(false)
+                    .defaults(true)
             }
             async fn run(
                 self,
