@@ -315,10 +315,14 @@ pub(crate) async fn patch_status<R: Object, S: Serialize>(
 ///
 /// A finalizer the API server accepted does not always hold: a `DELETE` that read the object just
 /// before the finalizer was added removes it at once anyway (kube-apiserver's
-/// kubernetes/kubernetes#77988). Such an object never shows a deletion, so `cleanup` would never
-/// run and what `apply` created would stay behind. So after an `apply` that added the finalizer,
-/// or one that failed with a 404, the object is read again (metadata only); when it is gone (or
-/// replaced by one with another UID), `cleanup` runs at once on the last copy.
+/// kubernetes/kubernetes#77988), so no deletion with the finalizer is ever seen here. The
+/// controller loop catches that case from its watch: an object whose deletion the watch reports
+/// while it still carries the operator's finalizer and was never marked for deletion (an ordinary
+/// deletion's last copy has its `deletionTimestamp`) is, once a metadata read confirms it is gone,
+/// passed once more to this function as its last copy marked as being deleted, so `cleanup` runs
+/// (and removing the finalizer from an object that is gone is a success). Its limit: a racing deletion that falls in
+/// a gap of the watch (the API server restarting) is only seen by the relist, which drops the
+/// object from the cache without reporting a deletion, so its cleanup does not run.
 pub async fn with_finalizer<R, A, C, FA, FC>(
     api: &Api<R>,
     finalizer: &str,
@@ -351,37 +355,12 @@ where
         remove_finalizer(api, &name, object.as_ref(), finalizer).await?;
         return Ok(action);
     }
-    let (object, added) = if has_finalizer {
-        (object, false)
+    let object = if has_finalizer {
+        object
     } else {
-        let updated = add_finalizer(api, &name, object.as_ref(), finalizer).await?;
-        (Arc::new(updated), true)
+        Arc::new(add_finalizer(api, &name, object.as_ref(), finalizer).await?)
     };
-    let applied = apply(object.clone()).await;
-    let not_found = matches!(&applied, Err(error) if error.status_code() == Some(404));
-    if (added || not_found) && deleted_without_cleanup(api, &name, object.as_ref()).await {
-        tracing::warn!(
-            object = %ObjectKey::of(object.as_ref()),
-            "deleted although its finalizer was set (a deletion racing the finalizer, \
-             kubernetes/kubernetes#77988): running cleanup now"
-        );
-        return cleanup(object).await;
-    }
-    applied
-}
-
-/// Whether `object` is gone from the server (or replaced by one with another UID) although it
-/// carried the finalizer: no deletion will ever be seen for it. A failed read says no (the normal
-/// flow goes on).
-async fn deleted_without_cleanup<R: Object>(api: &Api<R>, name: &str, object: &R) -> bool {
-    match api.get_metadata_opt(name).await {
-        Ok(None) => true,
-        Ok(Some(current)) => current.metadata.uid != object.meta().uid,
-        Err(error) => {
-            tracing::debug!(object = %ObjectKey::of(object), %error, "cannot re-read after apply");
-            false
-        }
-    }
+    apply(object).await
 }
 
 async fn add_finalizer<R: Object>(

@@ -15,9 +15,10 @@ use std::{
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll, Waker},
+    time::{Duration, Instant},
 };
 
-use futures::{Stream, StreamExt, stream::BoxStream};
+use futures::{Stream, StreamExt, channel::mpsc::UnboundedSender, stream::BoxStream};
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::finalize::Object;
@@ -144,10 +145,24 @@ impl<K: Clone + Eq + Hash> Queue<K> {
         self.wake();
     }
 
-    /// A handed-out `key` will not run (its object is gone).
+    /// A handed-out `key` will not run (its object is gone); one more run asked for meanwhile
+    /// ([`push_again`](Queue::push_again)) is queued.
     pub(crate) fn forget(&mut self, key: &K) {
         if self.dispatched.remove(key) {
+            if let Some(origin) = self.rerun.remove(key) {
+                self.push(key.clone(), origin);
+            }
             self.wake();
+        }
+    }
+
+    /// `key` must run once more, also when a run of it is handed out or running now (that
+    /// run may read a cache that no longer has its object): queued now or when that run ends.
+    pub(crate) fn push_again(&mut self, key: K) {
+        if self.dispatched.contains(&key) || self.running.contains(&key) {
+            self.rerun.insert(key, Origin::Live);
+        } else {
+            self.push(key, Origin::Live);
         }
     }
 
@@ -166,13 +181,83 @@ impl<K: Clone + Eq + Hash> Queue<K> {
 /// A [`Queue`] shared by the trigger stream and the reconciles of one controller loop.
 pub(crate) struct Dispatch<R: Object> {
     queue: Mutex<Queue<ObjectRef<R>>>,
+    /// Objects gone from the server although they still carried the operator's finalizer (see
+    /// [`Dispatch::lost`]), by key, waiting for their turn.
+    lost: Mutex<Lost<R>>,
+    /// Where a lost object goes when its turn comes: the controller loop runs its cleanup.
+    orphans: UnboundedSender<Arc<R>>,
+    /// The uids of objects being deleted whose finalizer this loop removed, with when: see
+    /// [`Dispatch::released`].
+    released: Mutex<HashMap<String, Instant>>,
 }
 
+/// How long a [`Dispatch::released`] uid is remembered when the watch never reports its
+/// deletion (a relist drops it silently): far beyond any watch lag.
+const RELEASED_FOR: Duration = Duration::from_secs(600);
+
 impl<R: Object> Dispatch<R> {
-    pub(crate) fn new(capacity: usize) -> Arc<Self> {
+    /// A queue handing the controller at most `capacity` objects at once; lost objects leave
+    /// through `orphans` when their turn comes.
+    pub(crate) fn new(capacity: usize, orphans: UnboundedSender<Arc<R>>) -> Arc<Self> {
         Arc::new(Dispatch {
             queue: Mutex::new(Queue::new(capacity)),
+            lost: Mutex::new(Lost {
+                objects: HashMap::new(),
+                fresh: Vec::new(),
+            }),
+            orphans,
+            released: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The finalizer of the object with `uid`, being deleted, was removed after its cleanup
+    /// ran. The cache may still hold a copy from before (the watch has not caught up with the
+    /// removal), and a reconcile reading it would run the cleanup a second time; with this,
+    /// [`is_released`](Dispatch::is_released) tells that copy apart. Sound because no finalizer
+    /// can be added to an object once it is being deleted: its cleanup never needs to run
+    /// again. Forgotten when the watch reports the deletion ([`forget_released`]
+    /// (Dispatch::forget_released)), or after [`RELEASED_FOR`].
+    pub(crate) fn released(&self, uid: &str) {
+        let now = Instant::now();
+        let mut released = self.released_uids();
+        released.retain(|_, at| now.duration_since(*at) < RELEASED_FOR);
+        released.insert(uid.to_owned(), now);
+    }
+
+    /// Whether the finalizer of the object with `uid` was [`released`](Dispatch::released).
+    pub(crate) fn is_released(&self, uid: &str) -> bool {
+        self.released_uids().contains_key(uid)
+    }
+
+    /// The object with `uid` is gone: no copy of it will be read again.
+    pub(crate) fn forget_released(&self, uid: &str) {
+        self.released_uids().remove(uid);
+    }
+
+    fn released_uids(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
+        self.released
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `object` was deleted from the server while it still carried the operator's finalizer,
+    /// so its cleanup never ran (a `DELETE` that read it before the finalizer was added removes
+    /// it anyway: kube-apiserver's kubernetes/kubernetes#77988). It is queued like a change;
+    /// when its turn comes (after a reconcile of it still running, never beside one), it leaves
+    /// through `orphans` instead of going to the controller, whose cache no longer has it.
+    ///
+    /// Called from the trigger stream itself: it takes no lock of the queue.
+    pub(crate) fn lost(&self, object: Arc<R>) {
+        let key = key_of(object.as_ref());
+        let mut lost = self.lost_objects();
+        lost.fresh.push(key.clone());
+        lost.objects.insert(key, object);
+    }
+
+    fn lost_objects(&self) -> MutexGuard<'_, Lost<R>> {
+        self.lost
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue<ObjectRef<R>>> {
@@ -223,6 +308,12 @@ impl<R: Object> Dispatch<R> {
     }
 }
 
+/// The lost objects of a [`Dispatch`]: by key, and the keys not queued yet.
+struct Lost<R: Object> {
+    objects: HashMap<ObjectRef<R>, Arc<R>>,
+    fresh: Vec<ObjectRef<R>>,
+}
+
 /// The queue's key of `object`: namespace and name only.
 fn key_of<R: Object>(object: &R) -> ObjectRef<R> {
     let meta = kube::Resource::meta(object);
@@ -263,7 +354,21 @@ impl<R: Object> Stream for Dispatched<R> {
                 Poll::Pending => break,
             }
         }
+        for key in std::mem::take(&mut this.dispatch.lost_objects().fresh) {
+            queue.push_again(key);
+        }
         while let Some(key) = queue.pop() {
+            let lost = this.dispatch.lost_objects().objects.remove(&key);
+            if let Some(lost) = lost {
+                // Its cleanup holds the key's slot like a reconcile; an object of the same name
+                // created meanwhile runs after it.
+                queue.rerun.insert(key.clone(), Origin::Live);
+                if this.dispatch.orphans.unbounded_send(lost).is_err() {
+                    queue.rerun.remove(&key);
+                    queue.forget(&key);
+                }
+                continue;
+            }
             match this.store.get(&key) {
                 Some(object) => return Poll::Ready(Some(object)),
                 // Deleted while it waited: nothing to reconcile.
@@ -449,6 +554,67 @@ mod tests {
         assert_eq!(queue.pop(), None);
         queue.finished(&1);
         assert_eq!(queue.pop(), Some(1));
+    }
+
+    #[test]
+    fn pushed_again_while_running_runs_once_more_after() {
+        let mut queue = Queue::new(4);
+        queue.push(1, Origin::Live);
+        assert_eq!(queue.pop(), Some(1));
+        queue.started(&1);
+        queue.push_again(1);
+        assert_eq!(queue.pop(), None, "not beside the running one");
+        queue.finished(&1);
+        assert_eq!(queue.pop(), Some(1));
+        queue.started(&1);
+        queue.finished(&1);
+        assert_eq!(queue.pop(), None, "once");
+    }
+
+    #[test]
+    fn pushed_again_while_handed_out_runs_once_more_after() {
+        // A plain change before the run starts is part of that run; one pushed again is not
+        // (the run may have read a cache without the object).
+        let mut queue = Queue::new(4);
+        queue.push(1, Origin::Live);
+        assert_eq!(queue.pop(), Some(1));
+        queue.push_again(1);
+        queue.started(&1);
+        queue.finished(&1);
+        assert_eq!(queue.pop(), Some(1));
+    }
+
+    #[test]
+    fn a_forgotten_key_pushed_again_is_queued() {
+        let mut queue = Queue::new(1);
+        queue.push(1, Origin::Live);
+        queue.push(2, Origin::Live);
+        assert_eq!(queue.pop(), Some(1));
+        queue.push_again(1);
+        queue.forget(&1);
+        assert_eq!(drain(&mut queue), [2, 1]);
+    }
+
+    #[test]
+    fn pushed_again_when_idle_is_an_ordinary_change() {
+        let mut queue = Queue::new(1);
+        queue.push(1, Origin::Backlog);
+        queue.push_again(1);
+        queue.push_again(2);
+        assert_eq!(drain(&mut queue), [1, 2]);
+    }
+
+    #[test]
+    fn a_released_uid_is_known_until_its_deletion_is_seen() {
+        let (orphans, _orphaned) = futures::channel::mpsc::unbounded();
+        let dispatch = Dispatch::<k8s_openapi::api::core::v1::ConfigMap>::new(1, orphans);
+        assert!(!dispatch.is_released("a"));
+        dispatch.released("a");
+        dispatch.released("b");
+        assert!(dispatch.is_released("a"));
+        dispatch.forget_released("a");
+        assert!(!dispatch.is_released("a"));
+        assert!(dispatch.is_released("b"));
     }
 
     #[test]

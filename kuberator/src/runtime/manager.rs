@@ -395,14 +395,6 @@ impl Manager {
             controllers,
             settings,
         } = self;
-        if let Err(error) =
-            retry_transient("discovery", || check_served(&client, &settings.served)).await
-        {
-            return Err(name_controllers(error, &settings.watched_by));
-        }
-        if let Some(rbac) = &settings.permissions {
-            retry_transient("permission check", || check_permissions(&client, rbac)).await?;
-        }
         // A bad path fails before anything starts, not after the first probe 404s.
         if let Some(routes) = &settings.health_routes {
             routes.check()?;
@@ -412,6 +404,32 @@ impl Manager {
             (None, Some(_)) => Some(Metrics::new()),
             (None, None) => None,
         };
+        let readiness = Readiness::new();
+        readiness.set_waiting_for("start-up: discovering the watched kinds");
+        // The health server answers from the start (`/healthz` 200, `/readyz` 503), also while
+        // discovery waits for an API server that does not answer yet: a liveness probe must
+        // not restart a pod that is starting. It stops when `run` returns.
+        let _health = match settings.health {
+            Some(addr) => Some(
+                serve_health(
+                    addr,
+                    metrics.clone(),
+                    readiness.clone(),
+                    settings.health_routes.clone().unwrap_or_default(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        if let Err(error) =
+            retry_transient("discovery", || check_served(&client, &settings.served)).await
+        {
+            return Err(name_controllers(error, &settings.watched_by));
+        }
+        if let Some(rbac) = &settings.permissions {
+            readiness.set_waiting_for("start-up: checking permissions");
+            retry_transient("permission check", || check_permissions(&client, rbac)).await?;
+        }
         let webhooks = settings.webhooks.start(&client, metrics.as_ref()).await?;
         let leadership = match (settings.leadership, settings.leader_election) {
             (Some(leadership), _) => Some(leadership),
@@ -440,7 +458,6 @@ impl Manager {
             });
             wrapped.shared()
         });
-        let readiness = Readiness::new();
         // `/readyz?verbose`: the member set and this replica's objects.
         if let Some(shards) = &shards {
             let shards = Arc::downgrade(shards);
@@ -491,23 +508,6 @@ impl Manager {
             "manager starting"
         );
         let roots = setup.watches.spawn(&services.readiness);
-        if let Some(addr) = settings.health {
-            let server = HealthServer::bind(addr, metrics, readiness)
-                .await?
-                .routes(settings.health_routes.unwrap_or_default())?;
-            let stop = shutdown.clone();
-            tokio::spawn(async move {
-                let stop = async move {
-                    match stop {
-                        Some(stop) => stop.await,
-                        None => std::future::pending().await,
-                    }
-                };
-                if let Err(error) = server.serve(stop).await {
-                    tracing::error!(%error, "health server failed");
-                }
-            });
-        }
         futures::future::join_all(loops).await;
         // After the controllers: their last writes still pass the webhooks.
         if let Some(webhooks) = webhooks {
@@ -666,6 +666,28 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Binds the health server and serves it until the returned sender is dropped.
+async fn serve_health(
+    addr: std::net::SocketAddr,
+    metrics: Option<Metrics>,
+    readiness: Readiness,
+    routes: HealthRoutes,
+) -> Result<tokio::sync::oneshot::Sender<()>> {
+    let server = HealthServer::bind(addr, metrics, readiness)
+        .await?
+        .routes(routes)?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let stop = async move {
+            let _ = stopped.await;
+        };
+        if let Err(error) = server.serve(stop).await {
+            tracing::error!(%error, "health server failed");
+        }
+    });
+    Ok(stop)
 }
 
 #[cfg(test)]

@@ -804,6 +804,8 @@ impl<R: Object> ManagedController for Operator<R> {
             this.namespaces.iter().cloned().map(Some).collect()
         };
         let mut subscribed = Vec::with_capacity(scopes.len());
+        // Objects deleted while they still carried the finalizer, when their turn comes.
+        let (orphans, mut orphaned) = futures::channel::mpsc::unbounded::<Arc<R>>();
         // Set when a primary watch works again after failing (an API server outage).
         let recovered = Arc::new(tokio::sync::Notify::new());
         for scope in &scopes {
@@ -831,17 +833,26 @@ impl<R: Object> ManagedController for Operator<R> {
                 make,
                 services.readiness.expect(&name),
             );
+            let dispatch = Dispatch::new(usize::from(this.concurrency), orphans.clone());
+            // A deletion of an object that carries the finalizer but was never marked for
+            // deletion: its cleanup never ran. (An ordinary deletion's last copy carries the
+            // finalizer too, with its `deletionTimestamp`: the cleanup ran and released it.)
+            let (finalizer, lost_to) = (this.finalizer.clone(), dispatch.clone());
+            let deleted = deleted.map(move |object| {
+                if let Some(finalizer) = &finalizer
+                    && object.meta().deletion_timestamp.is_none()
+                    && object.finalizers().iter().any(|f| f == finalizer)
+                {
+                    lost_to.lost(Arc::new(as_deleted(object.as_ref())));
+                }
+                if let Some(uid) = &object.meta().uid {
+                    lost_to.forget_released(uid);
+                }
+                (object, Origin::Live)
+            });
             // A (re)list's objects queue behind the changes made while the controller runs.
-            let changed = futures::stream::select(
-                phase.tag(applied),
-                deleted.map(|object| (object, Origin::Live)),
-            );
-            subscribed.push((
-                scope,
-                reader,
-                changed,
-                Dispatch::new(usize::from(this.concurrency)),
-            ));
+            let changed = futures::stream::select(phase.tag(applied), deleted);
+            subscribed.push((scope, reader, changed, dispatch));
         }
         let shared = Arc::new(LoopState {
             reconciler: this.reconciler,
@@ -849,6 +860,7 @@ impl<R: Object> ManagedController for Operator<R> {
             backoff: this.backoff,
             permits: Arc::new(Semaphore::new(usize::from(this.concurrency))),
             kind: R::kind(&()).into_owned(),
+            finalizer: this.finalizer.clone(),
             metrics: controller_metrics,
             leadership: services.leadership.clone(),
             reconcile_timeout: this.reconcile_timeout,
@@ -943,10 +955,16 @@ impl<R: Object> ManagedController for Operator<R> {
             // With sharding: `kuberator_shard_objects` from the cache, every few seconds.
             let mut census = tokio::time::interval(Duration::from_secs(2));
             let mut heartbeat = std::pin::pin!(heartbeat);
+            let mut cleanups = futures::stream::FuturesUnordered::new();
+            let mut expired = false;
             loop {
                 tokio::select! {
                     () = &mut heartbeat => {}
                     () = recovered.notified() => retry_failed(&name, &shared),
+                    Some(lost) = orphaned.next() => {
+                        cleanups.push(clean_up_lost(lost, shared.clone()));
+                    }
+                    Some(()) = cleanups.next(), if !cleanups.is_empty() => {}
                     _ = census.tick(), if shared.shards.is_some() => {
                         if let Some(shards) = &shared.shards {
                             let objects: Vec<Arc<R>> =
@@ -965,8 +983,17 @@ impl<R: Object> ManagedController for Operator<R> {
                             metrics.shutdown_cancelled(cancelled);
                         }
                         drop(loops);
+                        expired = true;
                         break;
                     }
+                }
+            }
+            // Cleanups of lost objects still running finish like reconciles (within the
+            // shutdown deadline; past it they are cancelled like them).
+            if !cleanups.is_empty() && !expired {
+                tokio::select! {
+                    () = async { while cleanups.next().await.is_some() {} } => {}
+                    () = &mut deadline => {}
                 }
             }
             shared.reconciler.shutdown().await;
@@ -1071,6 +1098,8 @@ struct LoopState<R: Object> {
     backoff: Backoff,
     permits: Arc<Semaphore>,
     kind: String,
+    /// The handler's finalizer (its cleanup runs once per object).
+    finalizer: Option<String>,
     metrics: Option<ControllerMetrics>,
     leadership: Option<Arc<Leadership>>,
     reconcile_timeout: Option<Duration>,
@@ -1094,6 +1123,26 @@ impl<R: Object> LoopState<R> {
     fn current(&self, object: &R) -> Option<Arc<R>> {
         let key = ObjectRef::from_obj(object);
         self.stores.iter().find_map(|store| store.get(&key))
+    }
+
+    /// Whether `object` is being deleted and still carries the handler's finalizer: a
+    /// reconcile of it runs the cleanup.
+    fn cleans_up(&self, object: &R) -> bool {
+        object.meta().deletion_timestamp.is_some()
+            && self
+                .finalizer
+                .as_ref()
+                .is_some_and(|finalizer| object.finalizers().iter().any(|f| f == finalizer))
+    }
+
+    /// Whether `object` is a copy from before this loop released its finalizer (see
+    /// [`Dispatch::released`]).
+    fn already_released(&self, object: &R) -> bool {
+        let meta = object.meta();
+        match (&meta.uid, self.dispatch_for(meta.namespace.as_deref())) {
+            (Some(uid), Some(dispatch)) => self.cleans_up(object) && dispatch.is_released(uid),
+            _ => false,
+        }
     }
 
     /// The dispatch queue of the loop watching `namespace`.
@@ -1143,7 +1192,105 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// What a deleted object looked like to a [`Dispatch::lost`]: the last copy the watch had,
+/// marked as being deleted, so the handler's finalizer flow runs its cleanup.
+fn as_deleted<R: Object>(object: &R) -> R {
+    let mut deleted = object.clone();
+    deleted
+        .meta_mut()
+        .deletion_timestamp
+        .get_or_insert_with(|| {
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now())
+        });
+    deleted
+}
+
+/// Runs the cleanup of an object deleted while it carried the operator's finalizer (see
+/// [`Dispatch::lost`]): the reconcile of its last copy, marked as being deleted, holding the
+/// object's slot and, with leader election or sharding, only where it may write. A failed
+/// cleanup is retried with the object's backoff.
+async fn clean_up_lost<R: Object>(object: Arc<R>, shared: Arc<LoopState<R>>) {
+    // An object that stopped decoding leaves the cache the same way: only one gone from the
+    // server (or replaced by a new one of the same name) was lost.
+    match still_stored(object.as_ref(), &shared.writer).await {
+        Ok(false) => {}
+        Ok(true) => {
+            tracing::debug!(object = %display_ref(object.as_ref()), "left the cache but not deleted (it no longer decodes)");
+            return;
+        }
+        Err(error) => {
+            tracing::warn!(object = %display_ref(object.as_ref()), %error, "cannot tell whether an object that left the cache was deleted; asking again with backoff");
+            retry_lost(object, &shared).await;
+            return;
+        }
+    }
+    tracing::warn!(
+        object = %display_ref(object.as_ref()),
+        "deleted although it carried the finalizer (a deletion racing the finalizer's addition, \
+         kubernetes/kubernetes#77988): running its cleanup now"
+    );
+    if reconcile_as(object.clone(), shared.clone(), Snapshot::Lost)
+        .await
+        .is_err()
+    {
+        retry_lost(object, &shared).await;
+    }
+}
+
+/// Whether the server still has `object` (the same one: its uid), read as metadata only.
+async fn still_stored<R: Object>(object: &R, client: &Client) -> Result<bool> {
+    let resource = kube::discovery::ApiResource::erase::<R>(&());
+    let meta = object.meta();
+    let api: Api<kube::api::DynamicObject> = match meta.namespace.as_deref() {
+        Some(namespace) => Api::namespaced_with(client.clone(), namespace, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    let name = meta.name.as_deref().unwrap_or("");
+    let stored = api
+        .get_metadata_opt(name)
+        .await
+        .map_err(|source| Error::kube("read", ObjectKey::of(object), source))?;
+    Ok(stored.is_some_and(|stored| stored.metadata.uid == meta.uid))
+}
+
+/// After the object's backoff, hands a lost object to its dispatch queue again.
+async fn retry_lost<R: Object>(object: Arc<R>, shared: &LoopState<R>) {
+    let failures = shared.failures.fail(ObjectRef::from_obj(object.as_ref()));
+    tokio::time::sleep(shared.backoff.jittered(failures)).await;
+    if let Some(dispatch) = shared.dispatch_for(object.meta().namespace.as_deref()) {
+        let meta = object.meta();
+        dispatch.lost(object.clone());
+        dispatch.retry_now(
+            meta.namespace.as_deref(),
+            meta.name.as_deref().unwrap_or(""),
+        );
+    }
+}
+
+/// Which copy of the object a reconcile runs on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Snapshot {
+    /// What the cache holds when the reconcile gets its slot (none: it is dropped).
+    Cached,
+    /// The given one: the object is gone from the server and the cache.
+    Lost,
+}
+
+/// Whether `error` is a 404 on `object` itself (not on a child or another kind).
+fn is_gone<R: Object>(error: &Error, object: &R) -> bool {
+    matches!(error, Error::Kube { object: key, .. } if *key == ObjectKey::of(object))
+        && error.status_code() == Some(404)
+}
+
 async fn reconcile<R: Object>(object: Arc<R>, shared: Arc<LoopState<R>>) -> Result<Action> {
+    reconcile_as(object, shared, Snapshot::Cached).await
+}
+
+async fn reconcile_as<R: Object>(
+    object: Arc<R>,
+    shared: Arc<LoopState<R>>,
+    snapshot: Snapshot,
+) -> Result<Action> {
     // Holds the object's place in its dispatch queue until this ends (parked standbys too).
     let _running = shared
         .dispatch_for(object.meta().namespace.as_deref())
@@ -1154,12 +1301,12 @@ async fn reconcile<R: Object>(object: Arc<R>, shared: Arc<LoopState<R>>) -> Resu
         Some(shards) => async move {
             shards
                 .membership()
-                .while_leader(reconcile_counted(object, shared))
+                .while_leader(reconcile_counted(object, shared, snapshot))
                 .await
                 .unwrap_or_else(|| Ok(Action::requeue(Duration::from_secs(1))))
         }
         .boxed(),
-        None => reconcile_counted(object, shared).boxed(),
+        None => reconcile_counted(object, shared, snapshot).boxed(),
     };
     match leadership {
         // A standby parks here with a warm cache and runs the moment it leads; a leader that
@@ -1172,7 +1319,11 @@ async fn reconcile<R: Object>(object: Arc<R>, shared: Arc<LoopState<R>>) -> Resu
     }
 }
 
-async fn reconcile_counted<R: Object>(object: Arc<R>, shared: Arc<LoopState<R>>) -> Result<Action> {
+async fn reconcile_counted<R: Object>(
+    object: Arc<R>,
+    shared: Arc<LoopState<R>>,
+    snapshot: Snapshot,
+) -> Result<Action> {
     // The controller bounds concurrency per scope; the semaphore bounds it across scopes.
     let _working = shared.progress.enter();
     let queued = shared.metrics.as_ref().map(ControllerMetrics::queued);
@@ -1181,12 +1332,27 @@ async fn reconcile_counted<R: Object>(object: Arc<R>, shared: Arc<LoopState<R>>)
     // A reconcile may have waited long for its slot (a standby parks until it leads, hours
     // perhaps): it runs on what the cache holds now, never on the snapshot it was dispatched
     // with, and not at all for an object deleted meanwhile.
-    let Some(object) = shared.current(object.as_ref()) else {
+    let current = match snapshot {
+        Snapshot::Cached => shared.current(object.as_ref()),
+        Snapshot::Lost => Some(object.clone()),
+    };
+    let Some(object) = current else {
         tracing::debug!(object = %display_ref(object.as_ref()), "object gone while its reconcile waited; dropped");
         return Ok(Action::await_change());
     };
-    // With sharding: only the owner runs it, after claiming it if need be.
+    if shared.already_released(object.as_ref()) {
+        tracing::debug!(object = %display_ref(object.as_ref()), "a copy from before its cleanup ran and its finalizer was removed (the watch has not caught up); skipped");
+        return Ok(Action::await_change());
+    }
+    // With sharding: only the owner runs it, after claiming it if need be; a lost object only
+    // where it was claimed (the replica that added the finalizer).
     let object = match &shared.shards {
+        Some(shards) if snapshot == Snapshot::Lost => {
+            if !shards.claimed(object.as_ref()) {
+                return Ok(Action::await_change());
+            }
+            object
+        }
         Some(shards) => match shards.admit(&shared.writer, object.clone()).await {
             Ok(Admission::Run(object)) => object,
             Ok(Admission::Skip) => return Ok(Action::await_change()),
@@ -1227,8 +1393,29 @@ async fn reconcile_counted<R: Object>(object: Arc<R>, shared: Arc<LoopState<R>>)
         handler,
     )
     .await;
+    // A 404 on the object itself: it was deleted while this ran, and its deletion (or, with
+    // the finalizer still on it, its lost cleanup) is handled from the watch.
+    let result = match result {
+        Err(error) if is_gone(&error, object.as_ref()) => {
+            tracing::debug!(object = %display_ref(object.as_ref()), %error, "object deleted during its reconcile");
+            Ok(Action::await_change())
+        }
+        result => result,
+    };
+    // The cleanup ran and the finalizer is off (or the object is gone): never again for it.
+    if result.is_ok()
+        && shared.cleans_up(object.as_ref())
+        && let (Some(uid), Some(dispatch)) = (
+            &object.meta().uid,
+            shared.dispatch_for(object.meta().namespace.as_deref()),
+        )
+    {
+        dispatch.released(uid);
+    }
     match &result {
         Ok(_) => shared.failures.reset(&key),
+        // The object is gone: there is no status to record the error in.
+        Err(_) if snapshot == Snapshot::Lost => {}
         Err(error) => {
             async {
                 tracing::warn!(

@@ -311,6 +311,12 @@ impl Shards {
         .map(str::to_owned)
     }
 
+    /// Whether `object` is labelled as this replica's (it claimed it, so its reconciles ran
+    /// here).
+    pub(crate) fn claimed<R: Resource>(&self, object: &R) -> bool {
+        object.labels().get(&self.label_key).map(String::as_str) == Some(self.identity.as_str())
+    }
+
     /// The membership Lease's election (to gate work on it).
     pub(crate) fn membership(&self) -> &Arc<Leadership> {
         &self.membership
