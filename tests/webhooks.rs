@@ -671,7 +671,16 @@ async fn brought_certificates_are_reloaded_when_their_files_change() {
         .await
         .unwrap();
 
+    // Files replaced one by one, the CA last and late (not a Secret volume's atomic swap):
+    // the new certificate is not served beside the old CA, admission keeps working.
     let second = own_certificates("second-ca");
+    let torn = (first.0.clone(), second.1.clone(), second.2.clone());
+    write_certificates(dir.path(), &torn);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    databases
+        .create(&PostParams::default(), &database("torn", "postgres", "eu"))
+        .await
+        .unwrap();
     write_certificates(dir.path(), &second);
     eventually("the second certificate served", || async {
         let (_, metrics) = http_get(health, "/metrics").await;
@@ -681,7 +690,11 @@ async fn brought_certificates_are_reloaded_when_their_files_change() {
             .then_some(())
     })
     .await;
-    assert_eq!(ca_bundle().await.unwrap(), base64_of(second.0.as_bytes()));
+    // Served once both CAs were trusted; the old one leaves the bundle right after.
+    eventually("the second CA alone in the caBundle", || async {
+        (ca_bundle().await? == base64_of(second.0.as_bytes())).then_some(())
+    })
+    .await;
     let refused = databases
         .create(&PostParams::default(), &database("bad", "oracle", "eu"))
         .await

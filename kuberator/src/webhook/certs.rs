@@ -20,8 +20,10 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use tokio_rustls::rustls::{
+    RootCertStore,
+    client::{WebPkiServerVerifier, danger::ServerCertVerifier},
     crypto::CryptoProvider,
-    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
     server::{ClientHello, ResolvesServerCert},
     sign::CertifiedKey,
 };
@@ -181,6 +183,44 @@ impl Material {
     }
 
     /// The certified key rustls serves.
+    /// Checks what the API server will check: that the serving certificate, for `host`, is
+    /// signed by the CA (when the material has one) and valid now. The key is checked against
+    /// the certificate by [`certified_key`](Material::certified_key).
+    pub(crate) fn check_trusted(
+        &self,
+        host: &str,
+        provider: &Arc<CryptoProvider>,
+    ) -> anyhow::Result<()> {
+        let Some(ca_pem) = &self.ca_pem else {
+            return Ok(());
+        };
+        let mut roots = RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            let ca = ca.map_err(|error| anyhow!("reading the CA (PEM): {error}"))?;
+            roots
+                .add(ca)
+                .map_err(|error| anyhow!("reading the CA: {error}"))?;
+        }
+        let chain = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|error| anyhow!("reading the serving certificate (PEM): {error}"))?;
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return Err(anyhow!("the serving certificate holds no PEM certificate"));
+        };
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|error| anyhow!("`{host}` is no name a certificate is for: {error}"))?;
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|error| anyhow!("reading the CA: {error}"))?;
+        verifier
+            .verify_server_cert(leaf, intermediates, &name, &[], UnixTime::now())
+            .map_err(|error| {
+                anyhow!("the serving certificate is not trusted for `{host}`: {error}")
+            })?;
+        Ok(())
+    }
+
     pub(crate) fn certified_key(&self, provider: &CryptoProvider) -> Result<CertifiedKey> {
         let chain = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
             .collect::<std::result::Result<Vec<_>, _>>()
@@ -510,6 +550,38 @@ mod tests {
         assert!(due.serving.is_none() && due.ca.is_some());
         let other = read_secret(&secret, &["webhook.shop.svc".to_owned()], now);
         assert!(other.serving.is_none() && other.ca.is_some());
+    }
+
+    #[test]
+    fn a_certificate_is_trusted_only_under_its_own_ca_and_for_its_names() {
+        let provider = Arc::new(provider());
+        let names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+        let (ca_cert, ca_key) = generate_ca(DEFAULT_CA_VALIDITY).unwrap();
+        let (other_ca, _) = generate_ca(DEFAULT_CA_VALIDITY).unwrap();
+        let mut serving =
+            issue_serving(&ca_cert, &ca_key, &names, Duration::from_secs(90)).unwrap();
+        serving.ca_pem = Some(ca_cert.clone());
+        serving.check_trusted("127.0.0.1", &provider).unwrap();
+        serving.check_trusted("localhost", &provider).unwrap();
+        let error = serving
+            .check_trusted("webhook.shop.svc", &provider)
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("not trusted for `webhook.shop.svc`"),
+            "{error}"
+        );
+        // Half-replaced files: the new certificate beside the old CA (of the same name here).
+        serving.ca_pem = Some(other_ca.clone());
+        let error = serving.check_trusted("127.0.0.1", &provider).unwrap_err();
+        assert!(error.to_string().contains("BadSignature"), "{error}");
+        // Both CAs (a transition): trusted.
+        serving.ca_pem = Some(format!("{other_ca}{ca_cert}"));
+        serving.check_trusted("127.0.0.1", &provider).unwrap();
+        // No CA file: the CA is managed elsewhere, nothing to check.
+        serving.ca_pem = None;
+        serving.check_trusted("127.0.0.1", &provider).unwrap();
     }
 
     #[test]

@@ -34,6 +34,16 @@ pub(crate) enum Endpoint {
 }
 
 impl Endpoint {
+    /// The name the API server checks the serving certificate against.
+    pub(crate) fn tls_host(&self) -> String {
+        match self {
+            Endpoint::Url { host, .. } => host.clone(),
+            Endpoint::Service {
+                namespace, name, ..
+            } => format!("{name}.{namespace}.svc"),
+        }
+    }
+
     fn client_config(&self, path: &str, ca_bundle: Option<&str>) -> Value {
         let mut config = match self {
             Endpoint::Url { host, port } => {

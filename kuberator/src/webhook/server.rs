@@ -547,7 +547,19 @@ impl CertKeeper {
                 .await
             }
             Source::Files { cert, key, ca, .. } => {
-                certs::read_files(cert, key, ca.as_deref()).await
+                let material = certs::read_files(cert, key, ca.as_deref()).await?;
+                // Files replaced one by one (not a Secret volume's atomic swap) can be read
+                // half old, half new: such a set is not served (nor its CA published).
+                material
+                    .check_trusted(&self.endpoint.tls_host(), &self.provider)
+                    .with_context(|| {
+                        format!(
+                            "the webhook certificate files {} and {} do not fit together (yet)",
+                            cert.display(),
+                            ca.as_deref().unwrap_or(key).display()
+                        )
+                    })?;
+                Ok(material)
             }
         }
     }
