@@ -9,8 +9,8 @@
 //!   outage     500 objects converge, the API server is killed for 5 s, then 450 updates and 50
 //!              deletes: first reconcile after it answers, convergence against the no-fault time
 //!   churn      create/update/delete churn of 1,000 objects for CHAOS_CHURN_SECS (default
-//!              180): RSS at the start, the end and after everything is deleted, per-object
-//!              map sizes
+//!              180): RSS at the start, the end and every minute of CHAOS_CHURN_IDLE_SECS
+//!              (default 60) after everything is deleted
 //! ```
 //!
 //! Exits non-zero when a scenario does not converge within 15 minutes.
@@ -464,14 +464,25 @@ async fn churn() -> anyhow::Result<()> {
         samples_rss.push(rss_kib());
     }
     let rss_end = rss_kib();
-    tokio::time::sleep(Duration::from_secs(60)).await;
+    // Past the TTLs of the time-bounded caches (event dedup 360 s, own writes 300 s) with
+    // CHAOS_CHURN_IDLE_SECS=400: what stays then is neither a live object nor a cache entry.
+    let idle: u64 = std::env::var("CHAOS_CHURN_IDLE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let mut idle_rss = Vec::new();
+    for _ in 0..idle.div_ceil(60) {
+        tokio::time::sleep(Duration::from_secs(60.min(idle))).await;
+        idle_rss.push(rss_kib());
+    }
     let rss_idle = rss_kib();
+    println!("churn: RSS every minute of the idle time (KiB): {idle_rss:?}");
     let leftover = converged(&client)
         .await
         .map_or(usize::MAX, |(_, _, children)| children);
     println!(
         "churn: {round} rounds of 1,000 create+update+delete in {:.0?}; RSS {rss_start} KiB at \
-         the start, {rss_end} KiB at the end, {rss_idle} KiB after 60 s idle with everything \
+         the start, {rss_end} KiB at the end, {rss_idle} KiB after {idle} s idle with everything \
          deleted; {leftover} children left; per round {samples_rss:?}; {} applies, {} \
          reconciles in all",
         started.elapsed(),

@@ -43,7 +43,7 @@ mod emit;
 mod key;
 mod mock;
 mod recorder;
-mod write_failures;
+pub(crate) mod write_failures;
 
 pub use data::{EventData, EventType, Reason};
 pub use emit::EmitEvent;

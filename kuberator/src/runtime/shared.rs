@@ -23,6 +23,8 @@ use kube::{
 };
 use tokio::task::JoinHandle;
 
+use crate::events::write_failures::{FailureLimiter, Report, WRITE_FAILURE_WINDOW};
+
 use super::{
     dispatch::ListPhase,
     manager::ReadinessGate,
@@ -88,7 +90,16 @@ impl<K: Cached> AnyWatch for SharedWatch<K> {
         let events = make(writer.as_reader()).reflect_shared(writer);
         tokio::spawn(async move {
             let mut events = std::pin::pin!(events);
+            let mut failures = FailureLimiter::new(WRITE_FAILURE_WINDOW);
             while let Some(event) = events.next().await {
+                // The server answered (`Init` comes before the list request is sent).
+                if failures.is_failing()
+                    && matches!(&event, Ok(e) if !matches!(e, watcher::Event::Init))
+                {
+                    for report in failures.succeeded(tokio::time::Instant::now()) {
+                        log_watch_failures(&what, report);
+                    }
+                }
                 match event {
                     // Seen before the list's objects are handed to the subscribers (at its end).
                     Ok(watcher::Event::Init) => phase.list_started(),
@@ -113,12 +124,41 @@ impl<K: Cached> AnyWatch for SharedWatch<K> {
                         let hint = WatchedKind::of::<K>().not_served();
                         tracing::warn!(watch = %what, %error, "{hint}; retrying with backoff");
                     }
-                    Err(error) => {
-                        tracing::warn!(watch = %what, %error, "watch failed, retrying with backoff");
-                    }
+                    Err(error) => match failures.failed(tokio::time::Instant::now(), &error) {
+                        Some(Report::First) => tracing::warn!(
+                            watch = %what,
+                            %error,
+                            "watch failed, retrying with backoff (further failures are \
+                             summarised every {:?} until it works again)",
+                            WRITE_FAILURE_WINDOW
+                        ),
+                        Some(report) => log_watch_failures(&what, report),
+                        None => tracing::debug!(watch = %what, %error, "watch failed again"),
+                    },
                 }
             }
         })
+    }
+}
+
+/// A summary or the recovery of a failing watch (the first failure is logged in full).
+fn log_watch_failures(what: &str, report: Report) {
+    match report {
+        Report::First => {}
+        Report::More {
+            count,
+            over,
+            last_error,
+        } => tracing::warn!(
+            watch = %what,
+            "{count} more failures of the watch in the last {:.1} s, retrying with backoff: {last_error}",
+            over.as_secs_f64()
+        ),
+        Report::Recovered { failures, over } => tracing::info!(
+            watch = %what,
+            "watch works again after {failures} failures over {:.1} s",
+            over.as_secs_f64()
+        ),
     }
 }
 
