@@ -1239,12 +1239,8 @@ async fn clean_up_lost<R: Object>(object: Arc<R>, shared: Arc<LoopState<R>>) {
 
 /// Whether the server still has `object` (the same one: its uid), read as metadata only.
 async fn still_stored<R: Object>(object: &R, client: &Client) -> Result<bool> {
-    let resource = kube::discovery::ApiResource::erase::<R>(&());
     let meta = object.meta();
-    let api: Api<kube::api::DynamicObject> = match meta.namespace.as_deref() {
-        Some(namespace) => Api::namespaced_with(client.clone(), namespace, &resource),
-        None => Api::all_with(client.clone(), &resource),
-    };
+    let api = super::watch::erased_api::<R>(client.clone(), meta.namespace.as_deref());
     let name = meta.name.as_deref().unwrap_or("");
     let stored = api
         .get_metadata_opt(name)

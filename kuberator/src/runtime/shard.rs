@@ -39,7 +39,7 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{ApiResource, DynamicObject, Patch, PatchParams},
+    api::{Patch, PatchParams},
     runtime::{WatchStreamExt, watcher},
 };
 use prometheus_client::{
@@ -538,11 +538,7 @@ async fn patch_object<R: Object>(
     object: &R,
     patch: &serde_json::Value,
 ) -> std::result::Result<R, kube::Error> {
-    let resource = ApiResource::erase::<R>(&());
-    let api: Api<DynamicObject> = match object.namespace() {
-        Some(namespace) => Api::namespaced_with(client.clone(), &namespace, &resource),
-        None => Api::all_with(client.clone(), &resource),
-    };
+    let api = super::watch::erased_api::<R>(client.clone(), object.namespace().as_deref());
     let written = api
         .patch(
             &object.name_any(),

@@ -43,6 +43,17 @@ pub(crate) struct OnUndecodable {
 /// How often the release of a finalizer is tried before waiting for the next change.
 const RELEASE_ATTEMPTS: u32 = 5;
 
+/// An `Api` for `R`'s resource in `namespace` (all namespaces, or cluster-scoped, for `None`)
+/// that reads and writes untyped objects: for what must work when an object no longer decodes
+/// as `R` (its watch, its finalizer, its metadata), and without `R`'s scope in the bounds.
+pub(crate) fn erased_api<R: Object>(client: Client, namespace: Option<&str>) -> Api<DynamicObject> {
+    let resource = ApiResource::erase::<R>(&());
+    match namespace {
+        Some(ns) => Api::namespaced_with(client, ns, &resource),
+        None => Api::all_with(client, &resource),
+    }
+}
+
 /// Watches `R` in `namespace` (or everywhere) as untyped objects and decodes each one into `R`.
 /// Objects that do not decode are left out of the cache: a change that makes a cached object
 /// undecodable removes the cached copy (its reconciles stop), see [`OnUndecodable`] for the
@@ -57,11 +68,7 @@ pub(crate) fn typed_watch<R: Object>(
     cache: Store<R>,
     undecodable: OnUndecodable,
 ) -> impl Stream<Item = Result<watcher::Event<R>, watcher::Error>> + Send + 'static {
-    let resource = ApiResource::erase::<R>(&());
-    let api: Api<DynamicObject> = match namespace {
-        Some(ns) => Api::namespaced_with(client, ns, &resource),
-        None => Api::all_with(client, &resource),
-    };
+    let api = erased_api::<R>(client, namespace);
     with_watch_backoff_and_recovery(watcher(api, config), on_recovered)
         .map_ok(move |event| {
             if matches!(event, watcher::Event::InitDone) {
@@ -340,11 +347,7 @@ async fn release_finalizer<R: Object>(
     mut metadata: kube::api::ObjectMeta,
     finalizer: &str,
 ) {
-    let resource = ApiResource::erase::<R>(&());
-    let api: Api<DynamicObject> = match metadata.namespace.as_deref() {
-        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
-        None => Api::all_with(client.clone(), &resource),
-    };
+    let api = erased_api::<R>(client.clone(), metadata.namespace.as_deref());
     let name = metadata.name.clone().unwrap_or_default();
     let mut wait = Duration::from_millis(200);
     for attempt in 1..=RELEASE_ATTEMPTS {
