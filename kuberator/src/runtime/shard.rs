@@ -226,12 +226,14 @@ impl Sharding {
             lease_duration: self.lease_duration,
             own: Mutex::new(BTreeMap::new()),
             unknown_since: Mutex::new(HashMap::new()),
+            claims: Mutex::new(HashMap::new()),
         });
         let api: Api<Lease> = Api::namespaced(client, &self.namespace);
         let task = tokio::spawn(watch_members(
             api,
             self.group,
             self.retry_period,
+            shards.membership.subscribe(),
             Arc::downgrade(&shards),
         ));
         *lock(&shards.watcher) = Some(task);
@@ -255,6 +257,9 @@ pub struct Shards {
     /// may claim before its Lease reached this replica, so such a label is only taken over
     /// after a lease duration.
     unknown_since: Mutex<HashMap<String, Instant>>,
+    /// Objects this replica claimed, with the resourceVersion the claim wrote: the watch event
+    /// of that version is the claim's echo (the reconcile after the claim ran on it already).
+    claims: Mutex<HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for Shards {
@@ -331,6 +336,39 @@ impl Shards {
         })
     }
 
+    /// Whether `object` needs nothing from this replica, for certain: the member view is complete,
+    /// the object is not labelled as this replica's (nothing to drain) and another live member
+    /// owns it (nothing to claim). Such a change is dropped before it takes a reconcile slot;
+    /// every change of the member set re-checks the whole cache, so a later owner still sees it.
+    pub(crate) fn surely_elsewhere<R: Resource>(&self, object: &R) -> bool {
+        if self.claimed(object) || self.rejoining() {
+            return false;
+        }
+        let view = self.members.borrow();
+        if !view.synced || !view.live.contains(&self.identity) {
+            return false;
+        }
+        let key = shard_key(object.namespace().as_deref(), &object.name_any());
+        rendezvous(view.live.iter().map(String::as_str), &key) != Some(self.identity.as_str())
+    }
+
+    /// Whether this change of `object` is the echo of this replica's own claim of it (the
+    /// reconcile that claimed it ran on exactly this version): no reason to reconcile again.
+    pub(crate) fn is_claim_echo<R: Resource>(&self, object: &R) -> bool {
+        let mut claims = lock(&self.claims);
+        if claims.is_empty() {
+            return false;
+        }
+        let key = shard_key(object.namespace().as_deref(), &object.name_any());
+        match (claims.get(&key), object.resource_version()) {
+            (Some(claimed), Some(version)) if *claimed == version => {
+                claims.remove(&key);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The part of an object's shard label that should trigger a reconcile when it changes: a
     /// label naming this replica counts as no label (this replica wrote it, in a reconcile).
     pub(crate) fn trigger_hash<R: Resource>(&self, object: &R) -> u64 {
@@ -347,12 +385,11 @@ impl Shards {
         client: &Client,
         object: Arc<R>,
     ) -> Result<Admission<R>> {
-        let view = self.members.borrow().clone();
-        if !view.synced || !view.live.contains(&self.identity) || self.rejoining() {
+        let Some(view) = self.settled_view().await else {
             // Not a member yet, the others' Leases not listed, or back after a lapse: no
             // decision.
             return Ok(Admission::Wait(WAIT));
-        }
+        };
         let key = shard_key(object.namespace().as_deref(), &object.name_any());
         let owner = rendezvous(view.live.iter().map(String::as_str), &key);
         let label = object.labels().get(&self.label_key).cloned();
@@ -406,6 +443,15 @@ impl Shards {
                 match patch_object::<R>(client, object.as_ref(), &claim).await {
                     Ok(claimed) => {
                         tracing::debug!(object = %key, previous = ?label, "claimed");
+                        if let Some(version) = claimed.resource_version() {
+                            let mut claims = lock(&self.claims);
+                            if claims.len() >= MAX_CLAIM_ECHOES {
+                                // Echoes not seen (objects deleted meanwhile): at worst one
+                                // extra reconcile each.
+                                claims.clear();
+                            }
+                            claims.insert(key.clone(), version);
+                        }
                         Ok(Admission::Run(Arc::new(claimed)))
                     }
                     // Someone else changed it first (another claimant, a drain): look again.
@@ -420,6 +466,29 @@ impl Shards {
                 }
             }
         }
+    }
+
+    /// The member view to decide on, once it is complete: the group's Leases listed and this
+    /// replica in it. Right after this replica becomes a member its own Lease may not be in the
+    /// view yet; rather than putting every object off by [`WAIT`], this waits (at most that long)
+    /// for the view to catch up, so the first reconciles start the moment it does. `None`: still
+    /// incomplete, or back after a lapse (see [`Self::rejoining`]).
+    async fn settled_view(&self) -> Option<View> {
+        if self.rejoining() {
+            return None;
+        }
+        let complete = |view: &View| view.synced && view.live.contains(&self.identity);
+        let view = self.members.borrow().clone();
+        if complete(&view) {
+            return Some(view);
+        }
+        let mut receiver = self.members.subscribe();
+        let view = tokio::time::timeout(WAIT, receiver.wait_for(complete))
+            .await
+            .ok()?
+            .ok()?
+            .clone();
+        Some(view)
     }
 
     /// Whether this replica is a member again after a lapse (or took over a Lease of its
@@ -527,6 +596,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// At most this many claims wait for their echo (see [`Shards::is_claim_echo`]).
+const MAX_CLAIM_ECHOES: usize = 4096;
+
 /// How long an undecided object waits before it is looked at again (its next event usually
 /// comes first).
 const WAIT: Duration = Duration::from_secs(1);
@@ -551,12 +623,13 @@ async fn patch_object<R: Object>(
         .map_err(kube::Error::SerdeError)
 }
 
-/// Keeps `shards.members` up to date from the group's Leases: on every Lease event, and every
-/// retry period for expiries.
+/// Keeps `shards.members` up to date from the group's Leases: on every Lease event, at every
+/// change of this replica's own membership, and every retry period for expiries.
 async fn watch_members(
     api: Api<Lease>,
     group: String,
     retry_period: Duration,
+    mut membership: watch::Receiver<bool>,
     shards: std::sync::Weak<Shards>,
 ) {
     let config = watcher::Config::default().labels(&format!("{GROUP_LABEL}={group}"));
@@ -587,6 +660,8 @@ async fn watch_members(
                 None => return,
             },
             _ = tick.tick() => {}
+            // Our own membership enters the view the moment our election has it.
+            Ok(()) = membership.changed() => {}
         }
         let Some(shards) = shards.upgrade() else {
             return;
