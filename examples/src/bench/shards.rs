@@ -45,6 +45,9 @@ pub struct ShardResult {
     pub working_seconds: f64,
     /// Objects reconciled per replica.
     pub shares: Vec<usize>,
+    /// Per replica, seconds from starting the replicas to its first and to its last reconcile
+    /// (where each one's start-up ends, and whether one finishes late).
+    pub spans: Vec<(f64, f64)>,
 }
 
 /// Runs 1, 2, 4 … replicas (`counts`) over `n` objects with `work` per reconcile.
@@ -149,10 +152,18 @@ async fn measure(
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     let deadline = start + Duration::from_secs(300);
     let mut first = None;
+    let mut spans = vec![(f64::NAN, f64::NAN); replicas];
     while seen.len() < n {
         match tokio::time::timeout_at(deadline, lines.recv()).await {
             Ok(Some((index, name))) => {
-                first.get_or_insert_with(Instant::now);
+                let now = Instant::now();
+                first.get_or_insert(now);
+                let at = (now - start).as_secs_f64();
+                let span = &mut spans[index];
+                if span.0.is_nan() {
+                    span.0 = at;
+                }
+                span.1 = at;
                 seen.entry(name).or_insert(index);
             }
             Ok(None) => bail!("every replica exited before all objects were reconciled"),
@@ -173,6 +184,7 @@ async fn measure(
         seconds,
         working_seconds,
         shares,
+        spans,
     })
 }
 
@@ -180,7 +192,7 @@ async fn measure(
 /// replicas' start (the headline) and from their first reconcile (start-up left out).
 pub fn shards_table(n: usize, work: Duration, results: &[ShardResult]) -> String {
     let mut out = format!(
-        "sharding: {n} objects, {} ms of simulated I/O per reconcile\n\n| replicas | time to reconcile all | objects/s | ratio over 1 replica | first to last reconcile | ratio without start-up | shares |\n|---|---|---|---|---|---|---|\n",
+        "sharding: {n} objects, {} ms of simulated I/O per reconcile\n\n| replicas | time to reconcile all | objects/s | ratio over 1 replica | first to last reconcile | ratio without start-up | shares | each replica's first–last reconcile |\n|---|---|---|---|---|---|---|---|\n",
         work.as_millis()
     );
     let base = results.first().map_or(1.0, |r| n as f64 / r.seconds);
@@ -190,15 +202,21 @@ pub fn shards_table(n: usize, work: Duration, results: &[ShardResult]) -> String
     for result in results {
         let rate = n as f64 / result.seconds;
         let working_rate = n as f64 / result.working_seconds;
+        let spans: Vec<String> = result
+            .spans
+            .iter()
+            .map(|(first, last)| format!("{first:.2}–{last:.2} s"))
+            .collect();
         out.push_str(&format!(
-            "| {} | {:.2} s | {:.0} | {:.2}× | {:.2} s | {:.2}× | {:?} |\n",
+            "| {} | {:.2} s | {:.0} | {:.2}× | {:.2} s | {:.2}× | {:?} | {} |\n",
             result.replicas,
             result.seconds,
             rate,
             rate / base,
             result.working_seconds,
             working_rate / working_base,
-            result.shares
+            result.shares,
+            spans.join(", ")
         ));
     }
     out
