@@ -507,15 +507,13 @@ impl Manager {
             watches = setup.watches.len(),
             "manager starting"
         );
-        let roots = setup.watches.spawn(&services.readiness);
+        let watches = setup.watches.spawn(&services.readiness);
         futures::future::join_all(loops).await;
         // After the controllers: their last writes still pass the webhooks.
         if let Some(webhooks) = webhooks {
             webhooks.stop().await;
         }
-        for root in roots {
-            root.abort();
-        }
+        drop(watches);
         if let Some(shards) = &shards {
             shards.release().await;
         }

@@ -273,18 +273,32 @@ impl SharedWatches {
         Arc::new(CacheMap { stores: map })
     }
 
-    /// Starts every watch; abort the handles to stop them.
-    pub(crate) fn spawn(self, readiness: &ReadinessGate) -> Vec<JoinHandle<()>> {
-        self.entries
-            .into_iter()
-            .map(|entry| {
-                let what = match &entry.key.namespace {
-                    Some(ns) => format!("{} in {ns}", entry.kind),
-                    None => entry.kind.clone(),
-                };
-                entry.watch.spawn(what, readiness.clone())
-            })
-            .collect()
+    /// Starts every watch; they run until the returned guard is dropped.
+    pub(crate) fn spawn(self, readiness: &ReadinessGate) -> RunningWatches {
+        RunningWatches(
+            self.entries
+                .into_iter()
+                .map(|entry| {
+                    let what = match &entry.key.namespace {
+                        Some(ns) => format!("{} in {ns}", entry.kind),
+                        None => entry.kind.clone(),
+                    };
+                    entry.watch.spawn(what, readiness.clone())
+                })
+                .collect(),
+        )
+    }
+}
+
+/// The tasks of a manager's watches: dropping it stops them, also when the manager's own future
+/// is dropped half-way (a `select!`, an aborted task), so no watch outlives its controllers.
+pub(crate) struct RunningWatches(Vec<JoinHandle<()>>);
+
+impl Drop for RunningWatches {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }
 
