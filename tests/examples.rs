@@ -12,7 +12,7 @@ use kuberator::{StatusError, conditions, testing::TestEnv};
 use kuberator_examples::{
     caching::{self, Found, Lookup},
     cluster_scoped, crd_yaml, custom_repository, errors, events, quickstart_macro,
-    quickstart_manual, status, webhooks,
+    quickstart_manual, shards, status, webhooks,
 };
 
 use crate::support::init_tracing;
@@ -422,4 +422,51 @@ async fn the_webhooks_example_refuses_defaults_and_converts_through_kubectl() {
         365
     );
     assert!(buckets.get_opt("forever").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn the_shards_example_splits_the_objects_and_the_survivors_take_over_a_crashed_replica() {
+    let env = env().await;
+    let outcome = within(shards::run(&env)).await;
+    // All three own a share; each reconciled exactly what its owner label says (the story waits
+    // for label and stamp to agree with rendezvous hashing).
+    assert_eq!(outcome.split.len(), 3, "{:?}", outcome.split);
+    assert_eq!(outcome.split.values().sum::<usize>(), shards::OBJECTS);
+    assert!(
+        outcome.split.values().all(|share| *share > 0),
+        "{:?}",
+        outcome.split
+    );
+    // The crashed member's objects went to the survivors, nothing moved between them.
+    let crashed = shards::MEMBERS[2];
+    assert_eq!(outcome.taken_over, outcome.split[crashed]);
+    assert!(!outcome.after_crash.contains_key(crashed));
+    assert_eq!(outcome.after_crash.values().sum::<usize>(), shards::OBJECTS);
+    assert_eq!(outcome.moved_between_survivors, 0);
+    // Not before the crashed member's Lease expired (nothing was released), and within it + 5 s.
+    assert!(
+        outcome.takeover >= shards::LEASE / 2
+            && outcome.takeover <= shards::LEASE + Duration::from_secs(5),
+        "taken over after {:?}",
+        outcome.takeover
+    );
+    // On the server: every object stamped by the member its label names, a survivor.
+    let api: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(env.client(), "default");
+    let label = kuberator::runtime::Sharding::new("default", shards::GROUP).label_key();
+    let list = api
+        .list(&kube::api::ListParams::default().labels("app=shards-example"))
+        .await
+        .unwrap();
+    assert_eq!(list.items.len(), shards::OBJECTS);
+    for object in &list.items {
+        let owner = object.labels().get(&label).cloned().unwrap_or_default();
+        let stamp = object
+            .data
+            .as_ref()
+            .and_then(|data| data.get(shards::RECONCILED_BY))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(owner, stamp, "{}", object.name_any());
+        assert_ne!(owner, crashed, "{}", object.name_any());
+    }
 }

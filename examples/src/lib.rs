@@ -10,6 +10,7 @@ pub mod errors;
 pub mod events;
 pub mod quickstart_macro;
 pub mod quickstart_manual;
+pub mod shards;
 pub mod site_backup;
 pub mod static_site;
 pub mod status;

@@ -93,6 +93,15 @@ impl<T> Background<T> {
         self.task.is_finished()
     }
 
+    /// Drops the operator without a graceful shutdown, as a SIGKILL of its process would: its
+    /// reconciles stop at their next await, its watches end, and nothing is released, so a
+    /// standby or the other shard members take over only once its Leases expired. Returns when
+    /// the task is gone.
+    pub async fn crash(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+
     /// Signals shutdown and waits until in-flight reconciles finished and the operator returned;
     /// returns what it returned.
     ///
