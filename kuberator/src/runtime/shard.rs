@@ -259,7 +259,19 @@ pub struct Shards {
     unknown_since: Mutex<HashMap<String, Instant>>,
     /// Objects this replica claimed, with the resourceVersion the claim wrote: the watch event
     /// of that version is the claim's echo (the reconcile after the claim ran on it already).
-    claims: Mutex<HashMap<String, String>>,
+    claims: Mutex<HashMap<String, Claim>>,
+}
+
+/// Where a claim of this replica is, for telling its echo (see [`Shards::is_claim_echo`]).
+#[derive(Debug, PartialEq, Eq)]
+enum Claim {
+    /// Sent, not answered: an event labelling the object as ours is its echo (nobody else
+    /// writes our name, and no later change can arrive before the claim's own).
+    InFlight,
+    /// The echo came before the answer.
+    EchoSeen,
+    /// Answered with this resourceVersion, the echo not seen yet.
+    Written(String),
 }
 
 impl std::fmt::Debug for Shards {
@@ -360,12 +372,41 @@ impl Shards {
             return false;
         }
         let key = shard_key(object.namespace().as_deref(), &object.name_any());
-        match (claims.get(&key), object.resource_version()) {
-            (Some(claimed), Some(version)) if *claimed == version => {
+        let Some(claim) = claims.get_mut(&key) else {
+            return false;
+        };
+        match claim {
+            Claim::InFlight if self.claimed(object) => {
+                *claim = Claim::EchoSeen;
+                true
+            }
+            Claim::Written(version) if object.resource_version().as_ref() == Some(version) => {
                 claims.remove(&key);
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Records where this replica's claim of `key` is: `None` when it is sent, its answer (the
+    /// resourceVersion written, or `None` for no claim) after.
+    fn track_claim(&self, key: &str, answer: Option<Option<String>>) {
+        let mut claims = lock(&self.claims);
+        match answer {
+            None => {
+                if claims.len() >= MAX_CLAIM_ECHOES {
+                    // Echoes never seen (objects deleted meanwhile): at worst one extra
+                    // reconcile each.
+                    claims.clear();
+                }
+                claims.insert(key.to_owned(), Claim::InFlight);
+            }
+            Some(Some(version)) if claims.get(key) == Some(&Claim::InFlight) => {
+                claims.insert(key.to_owned(), Claim::Written(version));
+            }
+            Some(_) => {
+                claims.remove(key);
+            }
         }
     }
 
@@ -440,18 +481,20 @@ impl Shards {
                     serde_json::json!({ self.label_key.clone(): self.identity }),
                     serde_json::json!({}),
                 );
-                match patch_object::<R>(client, object.as_ref(), &claim).await {
+                self.track_claim(&key, None);
+                let written = patch_object::<R>(client, object.as_ref(), &claim).await;
+                self.track_claim(
+                    &key,
+                    Some(
+                        written
+                            .as_ref()
+                            .ok()
+                            .and_then(ResourceExt::resource_version),
+                    ),
+                );
+                match written {
                     Ok(claimed) => {
                         tracing::debug!(object = %key, previous = ?label, "claimed");
-                        if let Some(version) = claimed.resource_version() {
-                            let mut claims = lock(&self.claims);
-                            if claims.len() >= MAX_CLAIM_ECHOES {
-                                // Echoes not seen (objects deleted meanwhile): at worst one
-                                // extra reconcile each.
-                                claims.clear();
-                            }
-                            claims.insert(key.clone(), version);
-                        }
                         Ok(Admission::Run(Arc::new(claimed)))
                     }
                     // Someone else changed it first (another claimant, a drain): look again.
