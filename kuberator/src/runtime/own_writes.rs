@@ -140,6 +140,23 @@ impl OwnWrites {
         })
     }
 
+    /// `child` is gone (its deletion was watched): what was remembered of it goes too, unless
+    /// an apply of it is in flight (that apply re-creates it). Without this, a write whose echo
+    /// never came (an apply that changed nothing) would be kept until pruned.
+    pub(crate) fn forget<C: Resource<DynamicType = ()>>(&self, child: &C) {
+        if let Some(key) = ChildKey::of(child) {
+            let mut children = self.lock();
+            if children.get(&key).is_some_and(|w| w.pending == 0) {
+                children.remove(&key);
+            }
+        }
+    }
+
+    /// How many children are remembered.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ChildKey, Written>> {
         self.inner
             .children
@@ -328,6 +345,25 @@ mod tests {
         tokio::time::advance(KEEP + Duration::from_secs(1)).await;
         writes.begin(&*child("live", "")).answered(Some("2"));
         assert_eq!(writes.lock().len(), 1);
+    }
+
+    /// A child whose deletion was watched is forgotten at once (the registry is bounded by the
+    /// live children, not only by the prune age), unless an apply of it is in flight.
+    #[test]
+    fn a_deleted_child_is_forgotten_unless_an_apply_is_in_flight() {
+        let writes = OwnWrites::new();
+        for i in 0..100 {
+            writes
+                .begin(&*child(&format!("child-{i}"), ""))
+                .answered(Some("1"));
+        }
+        let in_flight = writes.begin(&*child("child-0", ""));
+        for i in 0..100 {
+            writes.forget(&*child(&format!("child-{i}"), "2"));
+        }
+        assert_eq!(writes.len(), 1, "only the child with an apply in flight");
+        in_flight.answered(Some("3"));
+        assert!(writes.is_own(&*child("child-0", ""), "3"));
     }
 
     #[tokio::test]
