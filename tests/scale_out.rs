@@ -243,12 +243,15 @@ fn starts_since(replica: &Replica, since: u128) -> std::collections::HashMap<Str
 }
 
 /// Waits until every object is labelled with its rendezvous owner among `replicas` and that
-/// owner reconciled it at or after `since`; returns the owners and, per object, when its owner
-/// started on it.
+/// owner reconciled it at or after `since` — or, for an object whose owner is the one it had in
+/// `before`, at any time (a change of the member set does not reconcile what stays where it
+/// is); returns the owners and, per object, when its owner started on it (at or after `since`
+/// for the objects that moved).
 async fn settled(
     api: &Api<ConfigMap>,
     replicas: &[(&str, &Replica)],
     since: u128,
+    before: Option<&std::collections::BTreeMap<String, String>>,
     count: usize,
     within: Duration,
 ) -> (
@@ -263,15 +266,22 @@ async fn settled(
         let members: Vec<&str> = replicas.iter().map(|(member, _)| *member).collect();
         let starts: Vec<_> = replicas
             .iter()
-            .map(|(member, replica)| (*member, starts_since(replica, since)))
+            .map(|(member, replica)| {
+                let ever = before.map(|_| starts_since(replica, 0));
+                (*member, starts_since(replica, since), ever)
+            })
             .collect();
         for (name, owner) in &owners {
             let expected =
                 kuberator::runtime::rendezvous(members.iter().copied(), &format!("default/{name}"));
+            let stayed = before.is_some_and(|before| before.get(name) == Some(owner));
             let at = starts
                 .iter()
-                .find(|(member, _)| member == owner && Some(*member) == expected)
-                .and_then(|(_, starts)| starts.get(name).copied());
+                .find(|(member, _, _)| member == owner && Some(*member) == expected)
+                .and_then(|(_, starts, ever)| match ever {
+                    Some(ever) if stayed => ever.get(name).copied(),
+                    _ => starts.get(name).copied(),
+                });
             match at {
                 Some(at) => {
                     started.insert(name.clone(), at);
@@ -400,7 +410,7 @@ async fn three_shards_split_the_objects_hand_a_quarter_to_a_fourth_and_take_over
         .collect::<Vec<_>>()
         .await;
     let three = [("shard-a", &a), ("shard-b", &b), ("shard-c", &c)];
-    let (initial, _) = settled(&api, &three, begin, OBJECTS, 60 * SECOND).await;
+    let (initial, _) = settled(&api, &three, begin, None, OBJECTS, 60 * SECOND).await;
     let settled_in = crate::operations::millis(crate::operations::unix_nanos_now() - begin);
     let split = shares(&initial);
     eprintln!("3 shards, {OBJECTS} objects: settled in {settled_in:?}, shares {split:?}");
@@ -522,8 +532,15 @@ async fn three_shards_split_the_objects_hand_a_quarter_to_a_fourth_and_take_over
         .map(|(name, _)| name.clone())
         .collect();
     let three = [("shard-a", &a), ("shard-b", &b), ("shard-d", &d)];
-    let (after_kill, started) =
-        settled(&api, &three, killed, OBJECTS, SHARD_LEASE + 25 * SECOND).await;
+    let (after_kill, started) = settled(
+        &api,
+        &three,
+        killed,
+        Some(&moved),
+        OBJECTS,
+        SHARD_LEASE + 25 * SECOND,
+    )
+    .await;
     let mut taken: Vec<Duration> = orphans
         .iter()
         .map(|name| crate::operations::millis(started[name] - killed))
@@ -596,7 +613,7 @@ async fn a_stalled_shard_owner_writes_nothing_for_the_objects_it_lost() {
             .unwrap();
     }
     let three = [("shard-a", &a), ("shard-b", &b), ("shard-c", &c)];
-    let (initial, _) = settled(&api, &three, begin, FENCED, 60 * SECOND).await;
+    let (initial, _) = settled(&api, &three, begin, None, FENCED, 60 * SECOND).await;
     wait_done(
         &api,
         &initial.keys().cloned().collect::<Vec<_>>(),
@@ -643,7 +660,15 @@ async fn a_stalled_shard_owner_writes_nothing_for_the_objects_it_lost() {
     // The newest spec, which only the other two can apply.
     set_want(&api, &lost, 3).await;
     let two = [("shard-a", &a), ("shard-b", &b)];
-    let (_, started) = settled(&api, &two, stopped, FENCED, SHARD_LEASE + 30 * SECOND).await;
+    let (taken, started) = settled(
+        &api,
+        &two,
+        stopped,
+        Some(&initial),
+        FENCED,
+        SHARD_LEASE + 30 * SECOND,
+    )
+    .await;
     wait_done(&api, &lost, 3, 60 * SECOND).await;
     // Taken over: the new owner's claim (its first write on the object after the stop, in
     // the audit log); its reconcile then waits for a free slot behind its own objects' work.
@@ -690,7 +715,15 @@ async fn a_stalled_shard_owner_writes_nothing_for_the_objects_it_lost() {
     // gets its share back through the drain handshake.
     tokio::time::sleep(SECOND).await;
     let resumed = c.signal("CONT");
-    let (back, _) = settled(&api, &three, resumed, FENCED, SHARD_LEASE + 30 * SECOND).await;
+    let (back, _) = settled(
+        &api,
+        &three,
+        resumed,
+        Some(&taken),
+        FENCED,
+        SHARD_LEASE + 30 * SECOND,
+    )
+    .await;
     assert_eq!(
         shares(&back).get("shard-c"),
         Some(&lost.len()),
@@ -809,7 +842,7 @@ async fn finalizers_and_deletes_keep_working_while_members_join_and_leave() {
             .unwrap();
     }
     let three = [("shard-a", &a), ("shard-b", &b), ("shard-c", &c)];
-    settled(&api, &three, begin, FINALIZED, 60 * SECOND).await;
+    settled(&api, &three, begin, None, FINALIZED, 60 * SECOND).await;
     // Every object carries the finalizer before the deletes start.
     let end = std::time::Instant::now() + 30 * SECOND;
     loop {

@@ -343,12 +343,17 @@ impl<R: Object> Operator<R> {
                         <Child::Scope as ApiScope>::api(client, ns.as_deref());
                     with_watch_backoff(watcher(api, watcher::Config::default())).boxed()
                 };
-                let (cache, children) = wiring.watches.subscribe::<PartialObjectMeta<Child>>(
-                    namespace,
-                    &watcher::Config::default(),
-                    make,
-                    wiring.readiness.expect(wiring.name),
-                );
+                let (cache, applied, deleted, _) =
+                    wiring.watches.subscribe_split::<PartialObjectMeta<Child>>(
+                        namespace,
+                        &watcher::Config::default(),
+                        make,
+                        wiring.readiness.expect(wiring.name),
+                    );
+                // A deleted child's own writes are forgotten: the registry holds live children.
+                let writes = wiring.own_writes.clone();
+                let deleted = deleted.inspect(move |child| writes.forget(child.as_ref()));
+                let children = futures::stream::select(applied, deleted);
                 // Which changes count first (it must see the own writes' generations too),
                 // then the echo of own writes is dropped.
                 let children = wiring
@@ -896,8 +901,11 @@ impl<R: Object> ManagedController for Operator<R> {
             // member's never takes a reconcile slot (with 4 members, 3 of 4 objects).
             let changed = match &services.shards {
                 Some(shards) => {
-                    let mine = shards.clone();
-                    with_rechecks(changed, shards.changes(), reader.clone())
+                    let (mine, settled) = (shards.clone(), shards.clone());
+                    // A re-check is about ownership: an object this replica holds and still owns
+                    // has nothing to re-check (its reconciles come from its own changes).
+                    let recheck = move |object: &R| !settled.holds_and_owns(object);
+                    with_rechecks(changed, shards.changes(), reader.clone(), recheck)
                         .filter(move |(object, _)| {
                             futures::future::ready(!mine.surely_elsewhere(object.as_ref()))
                         })
@@ -1073,15 +1081,20 @@ fn generation_filtered<R: Object>(
     })
 }
 
-/// `changed`, plus every object of `cache` in the backlog lane at each tick of `rechecks`; ends
-/// with `changed`.
+/// `changed`, plus every object of `cache` that `recheck` selects, in the backlog lane, at each
+/// tick of `rechecks`; ends with `changed`.
 fn with_rechecks<R: Object>(
     changed: BoxStream<'static, (Arc<R>, Origin)>,
     rechecks: impl futures::Stream<Item = ()> + Send + 'static,
     cache: reflector::Store<R>,
+    recheck: impl Fn(&R) -> bool + Send + 'static,
 ) -> BoxStream<'static, (Arc<R>, Origin)> {
     let everything = rechecks.flat_map(move |()| {
-        let objects = cache.state();
+        let objects: Vec<Arc<R>> = cache
+            .state()
+            .into_iter()
+            .filter(|object| recheck(object))
+            .collect();
         futures::stream::iter(
             objects
                 .into_iter()

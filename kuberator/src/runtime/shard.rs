@@ -353,15 +353,27 @@ impl Shards {
     /// owns it (nothing to claim). Such a change is dropped before it takes a reconcile slot;
     /// every change of the member set re-checks the whole cache, so a later owner still sees it.
     pub(crate) fn surely_elsewhere<R: Resource>(&self, object: &R) -> bool {
-        if self.claimed(object) || self.rejoining() {
-            return false;
+        !self.claimed(object) && self.owned_in_settled_view(object) == Some(false)
+    }
+
+    /// Whether `object` is labelled as this replica's and is still its own in a complete member
+    /// view: a change of the member set gives it nothing to do (no claim, no drain).
+    pub(crate) fn holds_and_owns<R: Resource>(&self, object: &R) -> bool {
+        self.claimed(object) && self.owned_in_settled_view(object) == Some(true)
+    }
+
+    /// Whether `object` hashes to this replica in the current member view; `None` while no
+    /// decision is taken (the view incomplete, or back after a lapse).
+    fn owned_in_settled_view<R: Resource>(&self, object: &R) -> Option<bool> {
+        if self.rejoining() {
+            return None;
         }
         let view = self.members.borrow();
         if !view.synced || !view.live.contains(&self.identity) {
-            return false;
+            return None;
         }
         let key = shard_key(object.namespace().as_deref(), &object.name_any());
-        rendezvous(view.live.iter().map(String::as_str), &key) != Some(self.identity.as_str())
+        Some(rendezvous(view.live.iter().map(String::as_str), &key) == Some(self.identity.as_str()))
     }
 
     /// Whether this change of `object` is the echo of this replica's own claim of it (the
