@@ -292,12 +292,29 @@ async fn settled(
         if missing.is_empty() && owners.len() == count {
             return (owners, started);
         }
-        assert!(
-            std::time::Instant::now() < end,
-            "not settled within {within:?}: {} objects unowned or not reconciled by their owner, e.g. {:?}",
-            missing.len(),
-            &missing[..missing.len().min(5)]
-        );
+        if std::time::Instant::now() >= end {
+            // What each replica printed about the first object missing.
+            let first = missing[0].split(' ').next().unwrap_or_default().to_owned();
+            let about: Vec<String> = replicas
+                .iter()
+                .flat_map(|(member, replica)| {
+                    replica
+                        .lines()
+                        .into_iter()
+                        .filter(|line| {
+                            line.contains(&first) || line.contains("WARN") || line.contains("ERROR")
+                        })
+                        .map(move |line| format!("{member}: {line}"))
+                })
+                .collect();
+            panic!(
+                "not settled within {within:?}: {} objects unowned or not reconciled by their \
+                 owner, e.g. {:?}; since {since}, the replicas printed about {first}:\n{}",
+                missing.len(),
+                &missing[..missing.len().min(5)],
+                about.join("\n")
+            );
+        }
         // What is measured comes from the replicas' timestamps, not from this poll: a slower
         // poll loads the 2 cores less (3,000 objects listed and every log line parsed).
         tokio::time::sleep(SECOND).await;
