@@ -525,10 +525,18 @@ async fn three_shards_split_the_objects_hand_a_quarter_to_a_fourth_and_take_over
         .filter(|(name, owner)| initial[*name] != **owner)
         .count();
     let d_runs = lines_with(&d, "reconcile start ").len();
+    // From the spawn of shard-d to its first reconcile of the last object it took (its own
+    // timestamps; process start included).
+    let d_starts = starts_since(&d, joined);
+    let rebalanced = moved
+        .iter()
+        .filter(|(_, owner)| *owner == "shard-d")
+        .filter_map(|(name, _)| d_starts.get(name))
+        .max()
+        .map(|at| crate::operations::millis(at - joined));
     eprintln!(
-        "shard-d joined: {moved_count} of {OBJECTS} objects moved (seen after {:?}), {d_runs} \
-         reconciles on shard-d; shares {:?}",
-        crate::operations::millis(crate::operations::unix_nanos_now() - joined),
+        "shard-d joined: {moved_count} of {OBJECTS} objects moved, the last reconciled by \
+         shard-d {rebalanced:?} after its spawn, {d_runs} reconciles on shard-d; shares {:?}",
         shares(&moved)
     );
     assert!(
