@@ -1061,23 +1061,24 @@ fn generation_filtered<R: Object>(
     shards: Option<Arc<Shards>>,
 ) -> impl futures::Stream<Item = (Arc<R>, Origin)> + Send + 'static {
     let mut seen = LiveMap::new(cache);
-    changed.filter(move |(object, _)| {
+    changed.filter_map(move |(object, origin)| {
         // With sharding, an owner label another replica wrote (a drain, a claim) counts too.
         let shard = shards
             .as_ref()
             .map_or(0, |shards| shards.trigger_hash(object.as_ref()));
         let keep = match generation_or_deletion(object.as_ref()).map(|hash| hash ^ shard) {
-            Some(hash) => {
-                let changed = seen.insert(ObjectRef::from_obj(object.as_ref()), hash) != Some(hash);
-                // The echo of this replica's own claim: the claiming reconcile ran on it.
-                changed
-                    && !shards
-                        .as_ref()
-                        .is_some_and(|shards| shards.is_claim_echo(object.as_ref()))
-            }
+            Some(hash) => seen.insert(ObjectRef::from_obj(object.as_ref()), hash) != Some(hash),
             None => true,
         };
-        futures::future::ready(keep)
+        let shards = shards.clone();
+        async move {
+            // The echo of this replica's own claim: the claiming reconcile ran on it.
+            let echo = match &shards {
+                Some(shards) if keep => shards.is_claim_echo(object.as_ref()).await,
+                _ => false,
+            };
+            (keep && !echo).then_some((object, origin))
+        }
     })
 }
 
@@ -1090,16 +1091,13 @@ fn with_rechecks<R: Object>(
     recheck: impl Fn(&R) -> bool + Send + 'static,
 ) -> BoxStream<'static, (Arc<R>, Origin)> {
     let everything = rechecks.flat_map(move |()| {
-        let objects: Vec<Arc<R>> = cache
+        let objects: Vec<_> = cache
             .state()
             .into_iter()
             .filter(|object| recheck(object))
+            .map(|object| Some((object, Origin::Backlog)))
             .collect();
-        futures::stream::iter(
-            objects
-                .into_iter()
-                .map(|object| Some((object, Origin::Backlog))),
-        )
+        futures::stream::iter(objects)
     });
     let until_done = changed
         .map(Some)

@@ -191,7 +191,7 @@ impl OwnWrites {
 
     /// Whether the change of `child` the watch reported was this operator's own write, waiting
     /// (at most [`MAX_WAIT`]) for applies of it still in flight.
-    async fn caused_by_us<C: Resource<DynamicType = ()>>(&self, child: &C) -> bool {
+    pub(crate) async fn caused_by_us<C: Resource<DynamicType = ()>>(&self, child: &C) -> bool {
         let (Some(key), Some(version)) =
             (ChildKey::of(child), child.meta().resource_version.clone())
         else {

@@ -49,6 +49,7 @@ use prometheus_client::{
 use tokio::{sync::watch, task::JoinHandle, time::Instant};
 
 use super::{
+    OwnWrites,
     leader::{DEFAULT_LEASE_DURATION, DEFAULT_RENEW_DEADLINE, DEFAULT_RETRY_PERIOD},
     leader::{LeaderElection, Leadership, default_identity},
     metrics::Metrics,
@@ -226,7 +227,7 @@ impl Sharding {
             lease_duration: self.lease_duration,
             own: Mutex::new(BTreeMap::new()),
             unknown_since: Mutex::new(HashMap::new()),
-            claims: Mutex::new(HashMap::new()),
+            claims: OwnWrites::new(),
         });
         let api: Api<Lease> = Api::namespaced(client, &self.namespace);
         let task = tokio::spawn(watch_members(
@@ -257,21 +258,10 @@ pub struct Shards {
     /// may claim before its Lease reached this replica, so such a label is only taken over
     /// after a lease duration.
     unknown_since: Mutex<HashMap<String, Instant>>,
-    /// Objects this replica claimed, with the resourceVersion the claim wrote: the watch event
-    /// of that version is the claim's echo (the reconcile after the claim ran on it already).
-    claims: Mutex<HashMap<String, Claim>>,
-}
-
-/// Where a claim of this replica is, for telling its echo (see [`Shards::is_claim_echo`]).
-#[derive(Debug, PartialEq, Eq)]
-enum Claim {
-    /// Sent, not answered: an event labelling the object as ours is its echo (nobody else
-    /// writes our name, and no later change can arrive before the claim's own).
-    InFlight,
-    /// The echo came before the answer.
-    EchoSeen,
-    /// Answered with this resourceVersion, the echo not seen yet.
-    Written(String),
+    /// This replica's claims, as own writes: the watch event of the version a claim wrote is
+    /// its echo (the reconcile after the claim ran on it already), told the way an owner tells
+    /// the echo of its child applies.
+    claims: OwnWrites,
 }
 
 impl std::fmt::Debug for Shards {
@@ -365,61 +355,18 @@ impl Shards {
     /// Whether `object` hashes to this replica in the current member view; `None` while no
     /// decision is taken (the view incomplete, or back after a lapse).
     fn owned_in_settled_view<R: Resource>(&self, object: &R) -> Option<bool> {
-        if self.rejoining() {
-            return None;
-        }
         let view = self.members.borrow();
-        if !view.synced || !view.live.contains(&self.identity) {
+        if !self.decides_on(&view) {
             return None;
         }
         let key = shard_key(object.namespace().as_deref(), &object.name_any());
         Some(rendezvous(view.live.iter().map(String::as_str), &key) == Some(self.identity.as_str()))
     }
 
-    /// Whether this change of `object` is the echo of this replica's own claim of it (the
-    /// reconcile that claimed it ran on exactly this version): no reason to reconcile again.
-    pub(crate) fn is_claim_echo<R: Resource>(&self, object: &R) -> bool {
-        let mut claims = lock(&self.claims);
-        if claims.is_empty() {
-            return false;
-        }
-        let key = shard_key(object.namespace().as_deref(), &object.name_any());
-        let Some(claim) = claims.get_mut(&key) else {
-            return false;
-        };
-        match claim {
-            Claim::InFlight if self.claimed(object) => {
-                *claim = Claim::EchoSeen;
-                true
-            }
-            Claim::Written(version) if object.resource_version().as_ref() == Some(version) => {
-                claims.remove(&key);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Records where this replica's claim of `key` is: `None` when it is sent, its answer (the
-    /// resourceVersion written, or `None` for no claim) after.
-    fn track_claim(&self, key: &str, answer: Option<Option<String>>) {
-        let mut claims = lock(&self.claims);
-        match answer {
-            None => {
-                if claims.len() >= MAX_CLAIM_ECHOES {
-                    // Echoes never seen (objects deleted meanwhile): at worst one extra
-                    // reconcile each.
-                    claims.clear();
-                }
-                claims.insert(key.to_owned(), Claim::InFlight);
-            }
-            Some(Some(version)) if claims.get(key) == Some(&Claim::InFlight) => {
-                claims.insert(key.to_owned(), Claim::Written(version));
-            }
-            Some(_) => {
-                claims.remove(key);
-            }
-        }
+    /// Whether this change of `object` is the echo of this replica's own claim of it (waiting
+    /// for the claim's answer if it is still in flight): no reason to reconcile again.
+    pub(crate) async fn is_claim_echo<R: Resource<DynamicType = ()>>(&self, object: &R) -> bool {
+        self.claims.caused_by_us(object).await
     }
 
     /// The part of an object's shard label that should trigger a reconcile when it changes: a
@@ -493,16 +440,13 @@ impl Shards {
                     serde_json::json!({ self.label_key.clone(): self.identity }),
                     serde_json::json!({}),
                 );
-                self.track_claim(&key, None);
+                let write = self.claims.begin(object.as_ref());
                 let written = patch_object::<R>(client, object.as_ref(), &claim).await;
-                self.track_claim(
-                    &key,
-                    Some(
-                        written
-                            .as_ref()
-                            .ok()
-                            .and_then(ResourceExt::resource_version),
-                    ),
+                write.answered(
+                    written
+                        .as_ref()
+                        .ok()
+                        .and_then(|claimed| claimed.meta().resource_version.as_deref()),
                 );
                 match written {
                     Ok(claimed) => {
@@ -532,18 +476,23 @@ impl Shards {
         if self.rejoining() {
             return None;
         }
-        let complete = |view: &View| view.synced && view.live.contains(&self.identity);
         let view = self.members.borrow().clone();
-        if complete(&view) {
+        if self.decides_on(&view) {
             return Some(view);
         }
         let mut receiver = self.members.subscribe();
-        let view = tokio::time::timeout(WAIT, receiver.wait_for(complete))
+        let view = tokio::time::timeout(WAIT, receiver.wait_for(|view| self.decides_on(view)))
             .await
             .ok()?
             .ok()?
             .clone();
         Some(view)
+    }
+
+    /// Whether this replica takes decisions on `view`: the group's Leases listed, this replica
+    /// a member in it, and not back after a lapse.
+    fn decides_on(&self, view: &View) -> bool {
+        view.synced && view.live.contains(&self.identity) && !self.rejoining()
     }
 
     /// Whether this replica is a member again after a lapse (or took over a Lease of its
@@ -650,9 +599,6 @@ impl Drop for Shards {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
-
-/// At most this many claims wait for their echo (see [`Shards::is_claim_echo`]).
-const MAX_CLAIM_ECHOES: usize = 4096;
 
 /// How long an undecided object waits before it is looked at again (its next event usually
 /// comes first).
